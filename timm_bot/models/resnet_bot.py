@@ -33,7 +33,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch.nn as nn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
