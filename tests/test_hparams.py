@@ -1,0 +1,85 @@
+"""hparams: typed YAML + overrides; every mistake is one clear error naming the key (train.py exits 2 on it)."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from timm_bot.hparams import HparamsError, TrainHparams, load_hparams, parse_overrides
+
+HPARAMS = sorted((Path(__file__).parents[1] / 'hparams').glob('*.yaml'))
+
+
+@pytest.mark.parametrize('path', HPARAMS, ids=[p.stem for p in HPARAMS])
+def test_every_recipe_loads(path, tmp_path):
+    overrides = {'data_dir': str(tmp_path)} if 'imagenet' in path.stem or 'cifar' in path.stem else None
+    hp = load_hparams(path, overrides)
+    assert isinstance(hp, TrainHparams)
+
+
+def test_paper_recipes_have_the_papers_settings():
+    baseline = load_hparams('hparams/imagenet_baseline.yaml', {'data_dir': '.'})
+    assert (baseline.model, baseline.opt, baseline.lr, baseline.sched, baseline.epochs) == \
+        ('resnet50_bot', 'nag', 0.1, 'step', 120)
+    assert baseline.decay_milestones == [30, 60, 90] and not baseline.zero_init_last and not baseline.no_bias_decay
+    assert baseline.batch_size * 8 == 256 and not baseline.amp and baseline.weight_init == 'xavier'
+    efficient = load_hparams('hparams/imagenet_efficient.yaml', {'data_dir': '.'})
+    assert efficient.batch_size * 8 == 1024 and efficient.lr is None and efficient.warmup_epochs == 5
+    assert efficient.zero_init_last and efficient.no_bias_decay and efficient.amp and efficient.amp_dtype == 'float16'
+    final = load_hparams('hparams/imagenet_resnet50d_mixup.yaml', {'data_dir': '.'})
+    assert (final.model, final.sched, final.smoothing, final.mixup, final.epochs) == \
+        ('resnet50d_bot', 'cosine', 0.1, 0.2, 200)
+    assert final.teacher == 'resnet152d_bot' and final.temperature == 20
+
+
+def test_overrides_parse_yaml_values():
+    assert parse_overrides(['--lr', '0.4', '--mixup=0.2', '--amp', '--decay-milestones', '[30, 60]',
+                            '--teacher', 'null', '--model', 'resnet50d_bot']) == \
+        {'lr': 0.4, 'mixup': 0.2, 'amp': True, 'decay_milestones': [30, 60], 'teacher': None,
+         'model': 'resnet50d_bot'}
+
+
+def test_override_wins_over_file(tmp_path):
+    path = tmp_path / 'h.yaml'
+    path.write_text(yaml.safe_dump({'epochs': 3, 'lr': 0.2, 'warmup_epochs': 1}))
+    hp = load_hparams(path, {'epochs': 5})
+    assert hp.epochs == 5 and hp.lr == 0.2
+    assert load_hparams(path, {'lr': 1}).lr == 1.0 and isinstance(load_hparams(path, {'lr': 1}).lr, float)
+
+
+@pytest.mark.parametrize('overrides, match', [
+    ({'smothing': 0.1}, "unknown key 'smothing': did you mean 'smoothing'"),
+    ({'batchsize': 8}, "did you mean 'batch_size'"),
+    ({'epochs': 'abc'}, r"epochs='abc' has the wrong type \(str\): expected int"),
+    ({'epochs': 2.5}, 'expected int'),
+    ({'amp': 'yes'}, 'expected bool'),
+    ({'scale': 0.5}, 'expected a list of float'),
+    ({'lr': -0.1}, 'lr=-0.1 is invalid'),
+    ({'smoothing': 1.0}, r'smoothing=1.0 is invalid: expected a number in \[0, 1\)'),
+    ({'mixup': -0.2}, 'mixup=-0.2 is invalid'),
+    ({'batch_size': 0}, 'batch_size=0 is invalid'),
+    ({'sched': 'cosin'}, "did you mean 'cosine'"),
+    ({'opt': 'ngd'}, "opt='ngd' is not one of"),
+    ({'data_dir': '/no/such/dir'}, 'data_dir'),
+    ({'warmup_epochs': 200, 'epochs': 100}, 'warmup_epochs'),
+])
+def test_bad_values_name_the_key(overrides, match):
+    with pytest.raises(HparamsError, match=match) as err:
+        load_hparams(None, overrides)
+    assert '\n' not in str(err.value)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(HparamsError, match='file not found'):
+        load_hparams(tmp_path / 'missing.yaml')
+    bad = tmp_path / 'bad.yaml'
+    bad.write_text('lr: [0.1\n')
+    with pytest.raises(HparamsError, match='not valid YAML'):
+        load_hparams(bad)
+    bad.write_text('- 1\n- 2\n')
+    with pytest.raises(HparamsError, match='mapping'):
+        load_hparams(bad)
+
+
+def test_args_yaml_round_trips():
+    hp = load_hparams('hparams/quickstart.yaml')
+    assert load_hparams(None, yaml.safe_load(yaml.safe_dump(hp.to_dict()))) == hp

@@ -1,0 +1,46 @@
+"""Evaluation shared by train.py and validate.py: top-1 / top-5 accuracy and cross-entropy over a whole split."""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import timm.utils
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+__all__ = ['evaluate']
+
+
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device,
+             amp_autocast: Callable = contextlib.nullcontext, world_size: int = 1,
+             channels_last: bool = False) -> dict[str, float]:
+    """Top-1 / top-5 accuracy (%) and mean cross-entropy of ``model`` over ``loader``.
+
+    ``loader`` yields ``(images, targets, num_skipped)`` batches (``timm_bot.data.collate_skip_bad``) or None.
+    Under DDP each rank evaluates its shard and the sums are all-reduced, so every rank returns the exact totals.
+    """
+    model.eval()
+    totals = torch.zeros(4, dtype=torch.float64)  # loss sum, top-1 hits, top-5 hits, count
+    with torch.no_grad():
+        for batch in loader:
+            if batch is None:
+                continue
+            images, targets = batch[0].to(device), batch[1].to(device)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with amp_autocast():
+                logits = model(images)
+            logits = logits.float()
+            top1, top5 = timm.utils.accuracy(logits, targets, topk=(1, min(5, logits.shape[1])))
+            n = targets.shape[0]
+            totals += torch.tensor([F.cross_entropy(logits, targets, reduction='sum').item(),
+                                    top1.item() * n / 100, top5.item() * n / 100, n], dtype=torch.float64)
+    if world_size > 1:
+        dist.all_reduce(totals)
+    loss, top1, top5, count = totals.tolist()
+    if count == 0:
+        raise ValueError('evaluate: the loader produced no readable image.')
+    return {'loss': loss / count, 'top1': 100 * top1 / count, 'top5': 100 * top5 / count, 'count': int(count)}
