@@ -38,6 +38,7 @@ from timm_bot.checkpoint import load_checkpoint, save_checkpoint
 from timm_bot.data import BadImageError, collate_skip_bad, create_image_dataset
 from timm_bot.distill import DistillationLoss, load_teacher
 from timm_bot.evaluate import evaluate
+from timm_bot.export import ExportError, HubPushError, export_checkpoint
 from timm_bot.hparams import HparamsError, TrainHparams, load_hparams, parse_overrides
 from timm_bot.loss import SmoothedCrossEntropy
 from timm_bot.mixup import BatchMixup
@@ -366,9 +367,8 @@ def main(argv: list[str] | None = None) -> int:
                      f'{output_dir / "summary.csv"}' + (f'; plots: {output_dir / "lr.png"}, '
                                                         f'{output_dir / "curves.png"}' if hp.plots else ''))
         if hp.export_dir or hp.push_to_hub:
-            from timm_bot.export import export_checkpoint
             export_checkpoint(output_dir / 'model_best.pth.tar', hp.export_dir or output_dir / 'hub',
-                              push_to_hub=hp.push_to_hub, use_ema=hp.export_ema)
+                              push_to_hub=hp.push_to_hub, use_ema=hp.export_ema, overwrite=True)
     if world_size > 1:
         dist.destroy_process_group()
     return 0
@@ -389,6 +389,9 @@ def run(argv: list[str] | None = None) -> int:
     except BadImageError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
+    except (ExportError, HubPushError) as e:  # training finished; checkpoints (and the export folder) are intact
+        print(f'error: {e}', file=sys.stderr)
+        return 1 if isinstance(e, HubPushError) else 2
 
 
 if __name__ == '__main__':

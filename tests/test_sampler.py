@@ -57,3 +57,12 @@ def test_main_process_rng_untouched():
     torch.manual_seed(0)
     dataset[(3, 123)]
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_eval_shards_cover_every_sample_once():
+    shards = []
+    for rank in range(3):
+        sampler = ResumableSampler(10, batch_size=4, rank=rank, world_size=3, shuffle=False, drop_last=False)
+        shards += [i for i, _ in sampler]
+        assert len(sampler) == len(range(rank, 10, 3))
+    assert sorted(shards) == list(range(10))

@@ -25,7 +25,7 @@ On top of timm, this module
   ``skip_bad_images=True``, the sample comes back as ``None`` and :func:`collate_skip_bad` drops and counts it;
 * re-opens tar files in each DataLoader worker process instead of sharing one file offset across forked workers.
 
-Hacked together for timm-bot, following timm's ``timm/data/dataset.py``.
+Follows timm's ``timm/data/dataset.py``.
 """
 import functools
 import io

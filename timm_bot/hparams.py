@@ -140,6 +140,14 @@ class TrainHparams:
         if self.teacher and '/' in self.teacher and ':' not in self.teacher:
             _check(self.teacher, 'teacher', Path(self.teacher).exists(),
                    'an existing train.py checkpoint file, a timm model name, or hf-hub:/local-dir: source')
+        if self.export_ema:
+            _check(self.export_ema, 'export_ema', self.model_ema, 'false unless model_ema is true (no EMA weights)')
+        if self.push_to_hub:
+            from .export import ExportError, check_repo_id
+            try:
+                check_repo_id(self.push_to_hub)
+            except ExportError as e:
+                raise HparamsError(f'hparams: push_to_hub={self.push_to_hub!r} is invalid: {e}') from None
         return self
 
     def to_dict(self) -> dict[str, Any]:
