@@ -19,15 +19,6 @@ from timm_bot.models import PAPER_MEAN, PAPER_STD
 ARCH = 'resnet18d_tiny_bot'
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny models run fastest single-threaded; OpenMP spin-waits crawl on a loaded 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _train_ckpt(model, **extra):
     return {
         'arch': ARCH, 'num_classes': model.num_classes, 'state_dict': model.state_dict(),

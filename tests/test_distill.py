@@ -17,15 +17,6 @@ ARCH = 'resnet18d_tiny_bot'
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny models run fastest single-threaded; OpenMP spin-waits crawl on a loaded 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Recorder(nn.Module):
     """A linear 'teacher' on flattened images that remembers what it was fed."""
 

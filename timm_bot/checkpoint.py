@@ -49,9 +49,10 @@ class UnsafeCheckpointError(ValueError):
     """A checkpoint that ``torch.load(weights_only=True)`` refuses: unpickling it could execute arbitrary code."""
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file's or a directory's entry to disk (best effort: some platforms cannot open directories)."""
     try:
-        fd = os.open(directory, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:  # e.g. Windows cannot open directories
         return
     try:
@@ -103,7 +104,7 @@ def save_checkpoint(state: dict[str, Any], path: PathLike) -> None:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
-    _fsync_dir(directory)
+    fsync_path(directory)
 
 
 _ANSI = re.compile(r'\x1b\[[0-9;]*m')

@@ -54,7 +54,7 @@ import torch
 import yaml
 from timm.models import save_for_hf
 
-from .checkpoint import UnsafeCheckpointError, create_model_from_checkpoint
+from .checkpoint import UnsafeCheckpointError, create_model_from_checkpoint, fsync_path
 
 __all__ = [
     'ExportError', 'HubPushError', 'export_checkpoint', 'push_export_to_hub', 'build_model_card', 'check_repo_id',
@@ -490,19 +490,6 @@ def _check_destination(output_dir: Path, checkpoint: Path, overwrite: bool) -> N
                               f'remove it yourself or choose another folder')
 
 
-def _fsync(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # e.g. directories on Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _verify_export(folder: Path, model: torch.nn.Module, arch: str) -> None:
     """Re-read what was written: the safetensors weights must equal the model's bit for bit."""
     from safetensors.torch import load_file
@@ -532,7 +519,7 @@ def _publish(tmp: Path, output_dir: Path) -> None:
         if backup is not None:
             os.replace(backup, output_dir)
         raise
-    _fsync(output_dir.parent)
+    fsync_path(output_dir.parent)
     if backup is not None:
         shutil.rmtree(backup, ignore_errors=True)
 
@@ -612,8 +599,8 @@ def export_checkpoint(
         os.chmod(tmp / WEIGHTS_NAME, (tmp / CARD_NAME).stat().st_mode & 0o777)
         _verify_export(tmp, model, arch)
         for path in tmp.iterdir():
-            _fsync(path)
-        _fsync(tmp)
+            fsync_path(path)
+        fsync_path(tmp)
         _check_destination(output_dir, checkpoint, overwrite)  # nothing appeared there meanwhile
         _publish(tmp, output_dir)
     except BaseException:
