@@ -282,12 +282,10 @@ def main(argv: list[str] | None = None) -> int:
         (loss_sum, seen, skipped), tic = epoch_stats, time.perf_counter()
         epoch_stats, resumed_seen = (0.0, 0, 0), seen
         progress = _progress(len(train_loader), epoch, hp.epochs) if show_progress else None
-        for batch_idx, batch in enumerate(train_loader, start=start_batch):
-            if batch is None:  # every image of the batch was unreadable (skip_bad_images)
-                skipped += hp.batch_size
-                continue
-            images, targets, num_skipped = batch
+        for batch_idx, (images, targets, num_skipped) in enumerate(train_loader, start=start_batch):
             skipped += num_skipped
+            if images is None:  # every image of the batch was unreadable (skip_bad_images)
+                continue
             images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
             if hp.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)

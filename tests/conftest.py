@@ -82,12 +82,14 @@ QUICKSTART = 'hparams/quickstart.yaml'
 # ~5 s of imports per process that would otherwise dominate fail-fast cases. Exit codes come from the script's own
 # ``sys.exit``; an uncaught exception prints its traceback and exits 1 as Python does.
 _ZYGOTE = r'''
-import json, os, runpy, sys, traceback
+import json, os, runpy, shutil, sys, traceback
 sys.path.insert(0, os.getcwd())
 cases = json.load(open(sys.argv[1]))
 import train, validate  # noqa: the heavy imports, once
 codes = []
 for case in cases:
+    for src, dst in case['before']:  # copies made between cases (shutil.copy2 keeps the mtime)
+        shutil.copy2(src, dst)
     sys.stdout.flush(); sys.stderr.flush()
     pid = os.fork()
     if pid == 0:
@@ -103,7 +105,8 @@ for case in cases:
             if script.endswith('.py'):
                 sys.argv = [script, *case['argv']]
                 runpy.run_path(script, run_name='__main__')
-            else:
+            else:  # python -m MODULE: run it fresh, as the interpreter would (not the copy train.py imported)
+                sys.modules.pop(script, None)
                 sys.argv = [script, *case['argv']]
                 runpy.run_module(script, run_name='__main__', alter_sys=True)
             code = 0
@@ -129,6 +132,7 @@ class Case:
     script: str = 'train.py'
     env: dict = field(default_factory=dict)
     unset_env: tuple = ()
+    before: list = field(default_factory=list)  # (src, dst) files to copy right before this case starts
 
 
 @dataclass
@@ -213,7 +217,8 @@ class Scripts:
         """Run ``cases`` one after the other, each in its own process forked from one interpreter (see _ZYGOTE)."""
         workdir.mkdir(parents=True, exist_ok=True)
         spec = [{'script': c.script, 'argv': [str(a) for a in c.argv], 'env': {k: str(v) for k, v in c.env.items()},
-                 'unset_env': list(c.unset_env), 'stdout': str(workdir / f'case{i}.out'),
+                 'unset_env': list(c.unset_env), 'before': [[str(a), str(b)] for a, b in c.before],
+                 'stdout': str(workdir / f'case{i}.out'),
                  'stderr': str(workdir / f'case{i}.err')} for i, c in enumerate(cases)]
         (workdir / 'cases.json').write_text(json.dumps(spec))
         tic = time.perf_counter()
@@ -288,6 +293,38 @@ def shared_dir(tmp_path_factory: pytest.TempPathFactory):
     return get
 
 
+def _encode(obj):
+    if isinstance(obj, ScriptResult):
+        return {'__result__': [[str(c) for c in obj.cmd], obj.rc, obj.out, obj.err, obj.seconds]}
+    if isinstance(obj, Path):
+        return {'__path__': str(obj)}
+    raise TypeError(f'cannot store {type(obj).__name__}')
+
+
+def _decode(obj: dict):
+    if '__result__' in obj:
+        return ScriptResult(*obj['__result__'])
+    if '__path__' in obj:
+        return Path(obj['__path__'])
+    return obj
+
+
+@pytest.fixture(scope='session')
+def shared_results(shared_dir):
+    """``shared_results(name, produce)``: ``produce(folder)``'s result (JSON-able, with ScriptResult and Path values),
+    computed once per test session even when pytest-xdist spreads a module's tests over several workers (a
+    module-scoped fixture would run once per worker)."""
+
+    def get(name: str, produce) -> dict:
+        def store(folder: Path) -> None:
+            (folder / 'result.json').write_text(json.dumps(produce(folder), default=_encode))
+
+        folder = shared_dir(name, store)
+        return json.loads((folder / 'result.json').read_text(), object_hook=_decode)
+
+    return get
+
+
 @pytest.fixture(scope='session')
 def tiny_digits(shared_dir) -> Path:
     """Class folders from the digits: train/ 20 and val/ 10 JPEGs per class (200 / 100 images, 10 classes)."""
@@ -304,7 +341,7 @@ def tiny_digits(shared_dir) -> Path:
 @pytest.fixture(scope='session')
 def baseline_run(scripts, shared_dir) -> Path:
     """The paper's baseline (section 2) on the embedded digits, 2 epochs: step decay (lr / 10 after epoch 1),
-    no label smoothing, Xavier init, no zero-gamma, weight decay on every parameter, explicit lr 0.1 at batch 64,
+    no label smoothing, Xavier init, no zero-gamma, weight decay on every parameter, explicit lr 0.1 at batch 32,
     with plots. Also the distillation teacher and the 10-class checkpoint of the mismatch tests."""
     pytest.importorskip('sklearn')
 
@@ -312,7 +349,7 @@ def baseline_run(scripts, shared_dir) -> Path:
         res = scripts.train(*scripts.train_args(out, 'baseline', '--sched', 'step', '--decay_milestones', '[1]',
                                                 '--smoothing', '0', '--weight_init', 'xavier',
                                                 '--zero_init_last', 'false', '--no_bias_decay', 'false',
-                                                '--plots', 'true', epochs=2))
+                                                '--batch_size', '32', '--plots', 'true', epochs=2))
         (out / 'log.txt').write_text(res.log)
 
     return shared_dir('baseline_run', produce) / 'baseline'

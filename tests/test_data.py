@@ -235,11 +235,14 @@ def test_bad_images_raise(bad_folder):
 
 def test_bad_image_raises_through_workers(bad_folder):
     ds = create_image_dataset(bad_folder, 'train', transform=ToTensor())
-    loader = DataLoader(ds, batch_size=8, num_workers=2)
+    batches = iter(DataLoader(ds, batch_size=8, num_workers=2))
     with pytest.raises(BadImageError) as e:
-        for _ in loader:
+        for _ in batches:
             pass
     assert e.value.path in ('3/truncated.jpg', '3/notes.jpg')
+    # finish the epoch so the workers exit now (an abandoned iterator waits ~10 s for them when collected)
+    for _ in batches:
+        pass
 
 
 def test_bad_images_in_tar(tmp_path, digits_folder):
@@ -274,7 +277,7 @@ def test_collate_skip_bad():
     sample = (torch.zeros(3, 2, 2), 1)
     images, targets, num_skipped = collate_skip_bad([sample, None, sample])
     assert images.shape == (2, 3, 2, 2) and targets.tolist() == [1, 1] and num_skipped == 1
-    assert collate_skip_bad([None, None]) is None
+    assert collate_skip_bad([None, None]) == (None, None, 2)
 
 
 def test_truncated_flag_must_be_off(bad_folder, monkeypatch):

@@ -19,16 +19,16 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device,
              channels_last: bool = False) -> dict[str, float]:
     """Top-1 / top-5 accuracy (%) and mean cross-entropy of ``model`` over ``loader``.
 
-    ``loader`` yields ``(images, targets, num_skipped)`` batches (``timm_bot.data.collate_skip_bad``) or None.
+    ``loader`` yields ``(images, targets, num_skipped)`` batches (``timm_bot.data.collate_skip_bad``).
     Under DDP each rank evaluates its shard and the sums are all-reduced, so every rank returns the exact totals.
     """
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64)  # loss sum, top-1 hits, top-5 hits, count
     with torch.no_grad():
-        for batch in loader:
-            if batch is None:
+        for images, targets, _ in loader:
+            if images is None:  # every image of the batch was unreadable (skip_bad_images)
                 continue
-            images, targets = batch[0].to(device), batch[1].to(device)
+            images, targets = images.to(device), targets.to(device)
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             with amp_autocast():
