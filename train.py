@@ -59,13 +59,14 @@ class NonFiniteLossError(RuntimeError):
 # Setup
 # ---------------------------------------------------------------------------------------------------------------------
 
-def parse_args(argv: list[str] | None = None) -> tuple[TrainHparams, str]:
+def parse_args(argv: list[str] | None = None) -> tuple[TrainHparams, str, set[str]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      usage='train.py --hparams FILE.yaml [--resume CKPT] [--KEY VALUE ...]')
     parser.add_argument('--hparams', help='YAML file of hparams (see hparams/)')
     parser.add_argument('--resume', default='', help='checkpoint to continue from (last.pth.tar)')
     known, rest = parser.parse_known_args(argv)
-    return load_hparams(known.hparams, parse_overrides(rest)), known.resume
+    overrides = parse_overrides(rest)
+    return load_hparams(known.hparams, overrides), known.resume, set(overrides)
 
 
 def init_distributed(hp: TrainHparams) -> tuple[torch.device, int, int]:
@@ -98,8 +99,11 @@ def create_loaders(hp: TrainHparams, rank: int, world_size: int, device: torch.d
     eval_transform = timm.data.create_transform(
         hp.img_size, is_training=False, crop_pct=hp.crop_pct, interpolation=hp.interpolation,
         mean=tuple(hp.mean), std=tuple(hp.std))
+    # generator: each DataLoader iterator draws a base seed from it -- by default from the global torch RNG that
+    # mixup samples from, which would shift mixup's stream after a mid-epoch resume (the iterator is created anew).
     loader_args = dict(num_workers=hp.workers, collate_fn=collate_skip_bad, persistent_workers=hp.workers > 0,
-                       pin_memory=hp.pin_memory and device.type == 'cuda')
+                       pin_memory=hp.pin_memory and device.type == 'cuda',
+                       generator=torch.Generator().manual_seed(hp.seed))
     train_sampler = ResumableSampler(len(train_set), hp.batch_size, hp.seed, rank, world_size)
     train_loader = DataLoader(SeededTransformDataset(train_set, train_transform), batch_size=hp.batch_size,
                               sampler=train_sampler, **loader_args)
@@ -175,7 +179,7 @@ def write_summary(history: list[dict], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     try:
-        hp, resume = parse_args(argv)
+        hp, resume, cli_keys = parse_args(argv)
     except HparamsError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
@@ -201,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
                 (hp.model, num_classes):
             raise ValueError(f'--resume {resume}: the checkpoint is {resume_state.get("arch")} with '
                              f'{resume_state.get("num_classes")} classes, this run is {hp.model} with {num_classes}.')
+        if resume_state is not None:
+            _warn_resume_overrides(resume_state.get('args', {}), hp, cli_keys)
     except (ValueError, FileNotFoundError, ImportError, RuntimeError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
@@ -262,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         train_model = DistributedDataParallel(train_model, device_ids=[device.index] if device.type == 'cuda' else None)
 
     output_dir = Path(hp.output) / (hp.experiment or f'{time.strftime("%Y%m%d-%H%M%S")}-{hp.model}')
-    if resume and not hp.experiment:
+    if resume and 'experiment' not in cli_keys:  # only a command-line --experiment moves it (YAML files set one)
         output_dir = Path(resume).resolve().parent
     if rank == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -334,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         if world_size > 1:
             dist.all_reduce(train_loss)
         loss_sum, seen, skipped = train_loss.tolist()
+        if world_size > 1:  # each rank's BN running stats are EMAs of its own batches: make them one
+            timm.utils.distribute_bn(model, world_size, reduce=True)
         metrics = evaluate(model, val_loader, device, amp_autocast, world_size, hp.channels_last)
         row = {'epoch': epoch, 'train_loss': loss_sum / max(seen, 1),
                **{f'eval_{k}': metrics[k] for k in ('loss', 'top1', 'top5')}}
@@ -370,6 +378,16 @@ def main(argv: list[str] | None = None) -> int:
     if world_size > 1:
         dist.destroy_process_group()
     return 0
+
+
+def _warn_resume_overrides(saved: dict[str, Any], hp: TrainHparams, cli_keys: set[str]) -> None:
+    """--resume restores the optimizer and schedule of the checkpoint: say so when the command line asks otherwise."""
+    restored = ('lr', 'lr_base', 'epochs', 'sched', 'warmup_epochs', 'decay_milestones', 'decay_rate', 'batch_size',
+                'grad_accum_steps', 'opt', 'momentum', 'weight_decay')
+    ignored = sorted(k for k in restored if k in cli_keys and k in saved and saved[k] != getattr(hp, k))
+    if ignored:
+        _logger.warning("--resume: the checkpoint's optimizer and lr schedule are restored, so the new values of "
+                        f'{", ".join(ignored)} do not take effect (start a new run to change them).')
 
 
 def _progress(total: int, epoch: int, epochs: int):

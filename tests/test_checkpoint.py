@@ -232,3 +232,15 @@ def _umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_save_removes_temp_files_of_killed_writers(tmp_path):
+    path = tmp_path / 'last.pth.tar'
+    dead_pid = 2 ** 22 + 12345  # above the default pid_max: no such process
+    stale = tmp_path / f'.last.pth.tar.{dead_pid}.deadbeef.tmp'
+    stale.write_bytes(b'half a checkpoint')
+    unrelated = tmp_path / f'.other.pth.tar.{dead_pid}.deadbeef.tmp'
+    unrelated.write_bytes(b'x')
+    save_checkpoint({'epoch': 1}, path)
+    assert not stale.exists() and unrelated.exists()
+    assert load_checkpoint(path)['epoch'] == 1

@@ -83,3 +83,13 @@ def test_bad_files(tmp_path):
 def test_args_yaml_round_trips():
     hp = load_hparams('hparams/quickstart.yaml')
     assert load_hparams(None, yaml.safe_load(yaml.safe_dump(hp.to_dict()))) == hp
+
+
+def test_exponent_floats_without_dot(tmp_path):
+    """PyYAML (YAML 1.1) reads 1e-3 as a string; users mean a float, in files and on the command line."""
+    path = tmp_path / 'h.yaml'
+    path.write_text('lr: 1e-3\nweight_decay: 5e-5\nwarmup_epochs: 0\n')
+    hp = load_hparams(path, parse_overrides(['--momentum', '9e-1', '--scale', '[8e-2, 1]']))
+    assert (hp.lr, hp.weight_decay, hp.momentum, hp.scale) == (1e-3, 5e-5, 0.9, [0.08, 1.0])
+    with pytest.raises(HparamsError, match='wrong type'):
+        load_hparams(None, {'lr': '1e-3x'})

@@ -105,6 +105,21 @@ def save_checkpoint(state: dict[str, Any], path: PathLike) -> None:
         tmp_path.unlink(missing_ok=True)
         raise
     fsync_path(directory)
+    _remove_stale_temps(path)
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Delete temp files of earlier saves to ``path`` whose writer process is gone (killed mid-write)."""
+    for tmp in path.parent.glob(f'.{path.name}.*.tmp'):
+        pid = tmp.name[len(path.name) + 2:].split('.')[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except PermissionError:  # alive, owned by someone else
+            pass
 
 
 _ANSI = re.compile(r'\x1b\[[0-9;]*m')

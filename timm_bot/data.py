@@ -100,6 +100,12 @@ class BadImageError(ValueError):
     ):
         if reason is None:
             msg = path_or_message
+            # torch's DataLoader re-raises a worker's exception with the worker's whole traceback as the message
+            # ("Caught BadImageError in DataLoader worker process 0.\nOriginal Traceback ...\n...BadImageError: MSG"):
+            # keep the original one-line message.
+            last = msg.rstrip().splitlines()[-1] if '\n' in msg.rstrip() else ''
+            if 'BadImageError: ' in last:
+                msg = last.split('BadImageError: ', 1)[1]
             match = self._PATH_RE.search(msg)
             self.path = match.group(1) if match else None
         else:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 
-import timm.utils
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -34,10 +33,10 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device,
             with amp_autocast():
                 logits = model(images)
             logits = logits.float()
-            top1, top5 = timm.utils.accuracy(logits, targets, topk=(1, min(5, logits.shape[1])))
-            n = targets.shape[0]
+            hits = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(targets[:, None])  # B x 5, hit counts
             totals += torch.tensor([F.cross_entropy(logits, targets, reduction='sum').item(),
-                                    top1.item() * n / 100, top5.item() * n / 100, n], dtype=torch.float64)
+                                    hits[:, 0].sum().item(), hits.any(dim=1).sum().item(), targets.shape[0]],
+                                   dtype=torch.float64)
     if world_size > 1:
         dist.all_reduce(totals)
     loss, top1, top5, count = totals.tolist()

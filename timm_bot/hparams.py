@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -196,9 +197,14 @@ def _coerce(key: str, value: Any) -> Any:
     return _coerce_scalar(key, value, expected, expected.__name__ + (' or null' if optional else ''))
 
 
+_FLOAT_RE = re.compile(r'[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?')
+
+
 def _coerce_scalar(key: str, value: Any, expected: type, described: str) -> Any:
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if expected is float and isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
+        return float(value)  # '1e-3', '5e-5': YAML 1.1 (PyYAML) reads them as strings, YAML 1.2 / Python as floats
     if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
         return value
     raise HparamsError(f'hparams: {key}={value!r} has the wrong type ({type(value).__name__}): expected {described}.')
