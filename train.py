@@ -107,10 +107,10 @@ def create_loaders(hp: TrainHparams, rank: int, world_size: int, device: torch.d
     train_sampler = ResumableSampler(len(train_set), hp.batch_size, hp.seed, rank, world_size)
     train_loader = DataLoader(SeededTransformDataset(train_set, train_transform), batch_size=hp.batch_size,
                               sampler=train_sampler, **loader_args)
+    val_set.transform = eval_transform  # deterministic: no per-sample seeding needed
     val_sampler = ResumableSampler(len(val_set), hp.batch_size, hp.seed, rank, world_size,
                                    shuffle=False, drop_last=False)
-    val_loader = DataLoader(SeededTransformDataset(val_set, eval_transform), batch_size=hp.batch_size,
-                            sampler=val_sampler, **loader_args)
+    val_loader = DataLoader(val_set, batch_size=hp.batch_size, sampler=val_sampler, **loader_args)
     return train_loader, val_loader, train_set.classes
 
 
@@ -188,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     if rank != 0:
         logging.getLogger().setLevel(logging.WARNING)
     timm.utils.random_seed(hp.seed, rank)
+    if device.type == 'cpu' and hp.workers > 0:  # loader workers need cores too: don't oversubscribe
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - hp.workers)))
     if hp.deterministic:
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False

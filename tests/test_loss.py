@@ -148,3 +148,23 @@ def test_invalid_args(kwargs):
 def test_invalid_reduction():
     with pytest.raises(ValueError, match='reduction'):
         label_smoothing_cross_entropy(torch.zeros(1, 3), torch.zeros(1, dtype=torch.long), reduction='avg')
+
+
+@pytest.mark.parametrize('mode', ['paper', 'uniform'])
+def test_fused_mixed_gradient_passes_gradcheck(mode):
+    """The hand-written backward (softmax - q, built in place) against finite differences, mixup target."""
+    logits = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
+    target = MixedTarget(torch.tensor([0, 3, 6, 2, 2]), torch.tensor([1, 3, 0, 5, 2]), 0.37)
+    assert torch.autograd.gradcheck(lambda z: SmoothedCrossEntropy(0.2, mode)(z, target), (logits,))
+    assert torch.autograd.gradcheck(
+        lambda z: label_smoothing_cross_entropy(z, target.target_a, 0.2, mode, reduction='none'), (logits,))
+
+
+def test_low_precision_logits_are_computed_in_float32():
+    logits = torch.randn(4, 10).bfloat16().requires_grad_()
+    target = torch.tensor([1, 2, 3, 4])
+    loss = SmoothedCrossEntropy(0.1)(logits, target)
+    loss.backward()
+    assert loss.dtype == torch.float32 and logits.grad.dtype == torch.bfloat16
+    reference = SmoothedCrossEntropy(0.1)(logits.detach().float(), target)
+    torch.testing.assert_close(loss, reference)

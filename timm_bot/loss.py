@@ -22,7 +22,6 @@ from typing import NamedTuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 __all__ = ['MixedTarget', 'SmoothedCrossEntropy', 'label_smoothing_cross_entropy', 'SMOOTHING_MODES']
 
@@ -56,23 +55,56 @@ def _on_off_values(smoothing: float, mode: str, num_classes: int) -> tuple[float
     return 1.0 - smoothing, smoothing / (num_classes - 1)
 
 
-def _smoothed_nll(
-        logprobs: torch.Tensor,
-        target: torch.Tensor,
-        on: float,
-        off: float,
-        sum_logprobs: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Per-sample ``-sum_i q_i log p_i`` for q = ``off`` everywhere + ``on - off`` on the target, via gather + sum.
+class _SmoothedCrossEntropyFn(torch.autograd.Function):
+    """Per-sample ``-sum_k q_k log softmax(z)_k`` for the (mixed) smoothed target, with a hand-written backward.
 
-    ``-sum_i q_i log p_i = (on - off) * (-log p_y) - off * sum_i log p_i``.
+    q = off + (on - off) (lam 1[a] + (1 - lam) 1[b]) sums to 1, so the loss is ``lse(z) - sum_k q_k z_k`` =
+    ``lse(z) - off sum_k z_k - (on - off)(lam z_a + (1 - lam) z_b)``: only per-row reductions, and
+    ``d loss / dz = softmax(z) - q`` is built in place in the one B x K buffer that becomes the gradient. Nothing
+    B x K is kept for backward (the logits are the caller's; only the B log-sum-exps are saved), where a dense
+    target (timm's Mixup + SoftTargetCrossEntropy) builds several B x K tensors. float16/bfloat16 logits (AMP) are
+    computed in float32.
     """
-    nll = -logprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-    if off == 0.0:
-        return on * nll
-    if sum_logprobs is None:
-        sum_logprobs = logprobs.sum(dim=-1)
-    return (on - off) * nll - off * sum_logprobs
+
+    @staticmethod
+    def forward(ctx, logits, target_a, target_b, lam, on, off):  # noqa: ANN001, ANN205
+        z = _upcast(logits)
+        lse = torch.logsumexp(z, dim=-1)
+        z_a = z.gather(1, target_a[:, None]).squeeze(1)
+        z_b = z_a if target_b is target_a else z.gather(1, target_b[:, None]).squeeze(1)
+        loss = lse - (on - off) * (lam * z_a + (1.0 - lam) * z_b)
+        if off:
+            loss = loss - off * z.sum(dim=-1)
+        ctx.save_for_backward(logits, lse, target_a, target_b)
+        ctx.consts = (lam, on, off)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_out):  # noqa: ANN001, ANN205
+        logits, lse, target_a, target_b = ctx.saved_tensors
+        lam, on, off = ctx.consts
+        grad = torch.sub(_upcast(logits), lse[:, None]).exp_()  # softmax(z)
+        if off:
+            grad.sub_(off)
+        weight = torch.full((grad.shape[0], 1), -(on - off), dtype=grad.dtype, device=grad.device)
+        grad.scatter_add_(1, target_a[:, None], weight * lam)
+        if lam != 1.0:
+            grad.scatter_add_(1, target_b[:, None], weight * (1.0 - lam))
+        return grad.mul_(grad_out[:, None]).to(logits.dtype), None, None, None, None, None
+
+
+def _upcast(logits: torch.Tensor) -> torch.Tensor:
+    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+
+
+def _smoothed_ce(logits: torch.Tensor, target_a: torch.Tensor, target_b: torch.Tensor, lam: float,
+                 on: float, off: float) -> torch.Tensor:
+    """Per-sample loss for ``(..., K)`` logits (flattened to rows for the fused function)."""
+    shape = logits.shape[:-1]
+    flat = logits.reshape(-1, logits.shape[-1])
+    target_a = target_a.reshape(-1)
+    target_b = target_a if target_b is None else target_b.reshape(-1)
+    return _SmoothedCrossEntropyFn.apply(flat, target_a, target_b, float(lam), on, off).reshape(shape)
 
 
 def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -107,8 +139,7 @@ def label_smoothing_cross_entropy(
     if reduction not in _REDUCTIONS:
         raise ValueError(f'reduction must be one of {_REDUCTIONS}, got {reduction!r}')
     on, off = _on_off_values(smoothing, mode, logits.shape[-1])
-    logprobs = F.log_softmax(logits, dim=-1)
-    return _reduce(_smoothed_nll(logprobs, target, on, off), reduction)
+    return _reduce(_smoothed_ce(logits, target, None, 1.0, on, off), reduction)
 
 
 class SmoothedCrossEntropy(nn.Module):
@@ -116,7 +147,8 @@ class SmoothedCrossEntropy(nn.Module):
 
     ``forward(logits, target)`` with class indices returns :func:`label_smoothing_cross_entropy`; with a
     ``MixedTarget(a, b, lam)`` it returns ``lam * l(logits, a) + (1 - lam) * l(logits, b)`` (batch mean), i.e. the
-    cross entropy against the mixed smoothed target ``lam q(a) + (1 - lam) q(b)``, from a single log-softmax.
+    cross entropy against the mixed smoothed target ``lam q(a) + (1 - lam) q(b)``, computed from the class indices
+    in one fused pass with no B x K target (see ``benchmarks/loss.py`` for its speed and memory against timm).
 
     Args:
         smoothing: eps in [0, 1); 0 is the plain cross entropy.
@@ -134,11 +166,6 @@ class SmoothedCrossEntropy(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor | MixedTarget) -> torch.Tensor:
         on, off = _on_off_values(self.smoothing, self.mode, logits.shape[-1])
-        logprobs = F.log_softmax(logits, dim=-1)
         if not isinstance(target, MixedTarget):
-            return _smoothed_nll(logprobs, target, on, off).mean()
-        sum_logprobs = logprobs.sum(dim=-1) if off else None
-        lam = target.lam
-        loss_a = _smoothed_nll(logprobs, target.target_a, on, off, sum_logprobs)
-        loss_b = _smoothed_nll(logprobs, target.target_b, on, off, sum_logprobs)
-        return (lam * loss_a + (1.0 - lam) * loss_b).mean()
+            return _smoothed_ce(logits, target, None, 1.0, on, off).mean()
+        return _smoothed_ce(logits, target.target_a, target.target_b, target.lam, on, off).mean()

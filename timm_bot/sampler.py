@@ -33,7 +33,8 @@ class ResumableSampler(Sampler):
         batch_size: per-rank batch size (with ``drop_last`` only whole global batches are used).
         seed: run seed; epoch ``e`` uses the permutation of ``torch.Generator().manual_seed(seed + e)``.
         rank, world_size: shard ``rank`` of ``world_size`` (every rank sees as many batches).
-        shuffle: False for validation order.
+        shuffle: False for validation order. Then plain indices are yielded: evaluation transforms draw no random
+            numbers, so there is nothing to seed.
         drop_last: drop the last incomplete global batch (training). Without it (evaluation) every sample is seen
             exactly once: unlike ``DistributedSampler`` no shard is padded with repeats, so metrics summed over
             ranks are exact.
@@ -72,9 +73,12 @@ class ResumableSampler(Sampler):
             order = order[:self.samples_per_rank * self.world_size]
         return order[self.rank::self.world_size]  # without drop_last, shards differ by <= 1 and nothing repeats
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        mine = self._indices()
-        for index in mine[self.start_batch * self.batch_size:]:
+    def __iter__(self) -> Iterator[tuple[int, int] | int]:
+        mine = self._indices()[self.start_batch * self.batch_size:]
+        if not self.shuffle:
+            yield from mine
+            return
+        for index in mine:
             yield index, sample_seed(self.seed, self.epoch, index)
 
     def __len__(self) -> int:
@@ -104,7 +108,9 @@ class SeededTransformDataset(Dataset):
             return self.transform(img), target
         torch_state, python_state = torch.get_rng_state(), random.getstate()
         try:
-            torch.manual_seed(seed)
+            # Not torch.manual_seed: it also queues lazy seeding of every accelerator backend, ~1 ms per call
+            # (benchmarks/README.md, pipeline profile); the transforms only draw from the CPU generator.
+            torch.default_generator.manual_seed(seed)
             random.seed(seed)
             return self.transform(img), target
         finally:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 from timm.data import create_transform
@@ -95,7 +96,8 @@ def scale_hue(img: Image.Image, factor: float) -> Image.Image:
     if img.mode != 'RGB':
         raise TypeError(f'scale_hue expects an RGB PIL image, got mode {img.mode!r}')
     h, s, v = img.convert('HSV').split()
-    h = h.point([round(x * factor) % 256 for x in range(256)])
+    lut = (np.round(np.arange(256) * factor) % 256).astype(np.uint8)  # np.round halves to even, like round()
+    h = Image.fromarray(lut[np.asarray(h)])
     return Image.merge('HSV', (h, s, v)).convert('RGB')
 
 
