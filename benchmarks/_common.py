@@ -21,6 +21,22 @@ DEFAULT_DATA = REPO.parent / 'shared' / 'data' / 'cifar10'
 DEFAULT_RESULTS = REPO / 'benchmarks' / 'results'
 
 
+def add_timing_args(parser: Any, out_name: str, smoke_help: str) -> None:
+    """``--threads``, ``--out`` and ``--smoke``, shared by the timing scripts."""
+    parser.add_argument('--threads', type=int, default=1,
+                        help='torch intra-op threads (for every loop compared; 1 is stable on a shared machine, '
+                             '0 keeps torch\'s default)')
+    parser.add_argument('--out', default=str(DEFAULT_RESULTS / out_name))
+    parser.add_argument('--smoke', action='store_true', help=smoke_help)
+
+
+def apply_threads(threads: int) -> None:
+    """Pin torch's intra-op threads (0: keep torch's default)."""
+    if threads > 0:
+        import torch
+        torch.set_num_threads(threads)
+
+
 def machine_info() -> dict[str, Any]:
     """CPU model, core count, library versions, date: what the README records next to each result."""
     import timm

@@ -35,7 +35,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from _common import DEFAULT_RESULTS, machine_info, markdown_table, median, write_json
+from _common import add_timing_args, apply_threads, machine_info, markdown_table, median, write_json
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,14 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--reps', type=int, default=7)
     p.add_argument('--iters', type=int, default=50)
     p.add_argument('--temperature', type=float, default=20.0)
-    p.add_argument('--threads', type=int, default=1,
-                   help='torch intra-op threads (for every loop compared; 1 is stable on a shared machine, '
-                        '0 keeps torch\'s default)')
-    p.add_argument('--out', default=str(DEFAULT_RESULTS / 'loss.json'))
-    p.add_argument('--smoke', action='store_true', help='seconds-long run for tests')
+    add_timing_args(p, 'loss.json', 'seconds-long run for tests')
     args = p.parse_args(argv)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     if args.smoke:
         args.batch_size, args.num_classes, args.reps, args.iters = 32, 100, 2, 3
     return args

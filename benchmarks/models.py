@@ -22,7 +22,15 @@ import time
 
 import torch
 import torch.nn.functional as F
-from _common import DEFAULT_RESULTS, machine_info, markdown_table, median, spread, write_json
+from _common import (
+    add_timing_args,
+    apply_threads,
+    machine_info,
+    markdown_table,
+    median,
+    spread,
+    write_json,
+)
 
 MODELS = ('resnet50_bot', 'resnet50b_bot', 'resnet50c_bot', 'resnet50d_bot', 'resnet101d_bot', 'resnet152d_bot',
           'resnet50d')
@@ -38,14 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--batch-size', type=int, default=8)
     p.add_argument('--reps', type=int, default=5)
     p.add_argument('--steps', type=int, default=1, help='timed steps per measurement')
-    p.add_argument('--threads', type=int, default=1,
-                   help='torch intra-op threads (for every loop compared; 1 is stable on a shared machine, '
-                        '0 keeps torch\'s default)')
-    p.add_argument('--out', default=str(DEFAULT_RESULTS / 'models.json'))
-    p.add_argument('--smoke', action='store_true', help='seconds-long run for tests (32px, batch 2, 1 rep)')
+    add_timing_args(p, 'models.json', 'seconds-long run for tests (32px, batch 2, 1 rep)')
     args = p.parse_args(argv)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     if args.smoke:
         args.img_size, args.batch_size, args.reps = 32, 2, 1
         args.models = 'resnet50_bot,resnet50d_bot,resnet50d'

@@ -39,8 +39,9 @@ import torch
 import torch.nn.functional as F
 from _common import (
     DEFAULT_DATA,
-    DEFAULT_RESULTS,
     REPO,
+    add_timing_args,
+    apply_threads,
     machine_info,
     markdown_table,
     median,
@@ -67,14 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--distill-workers', default='0,2', help='workers for the distillation rows ("" to skip them)')
     p.add_argument('--profile', action='store_true', help='also cProfile train.py (workers=0) and print the top')
     p.add_argument('--work-dir', default='', help='where the data subset and runs go (default: a temp dir)')
-    p.add_argument('--threads', type=int, default=1,
-                   help='torch intra-op threads (for every loop compared; 1 is stable on a shared machine, '
-                        '0 keeps torch\'s default)')
-    p.add_argument('--out', default=str(DEFAULT_RESULTS / 'pipeline.json'))
-    p.add_argument('--smoke', action='store_true', help='seconds-long run for tests (tiny batches, 1 rep)')
+    add_timing_args(p, 'pipeline.json', 'seconds-long run for tests (tiny batches, 1 rep)')
     args = p.parse_args(argv)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     if args.smoke:
         args.batch_size, args.batches, args.epochs, args.reps = 16, 2, 2, 1
         args.workers, args.distill_workers = '0', '0'

@@ -163,9 +163,7 @@ def _check(value: Any, key: str, ok: bool, valid: str) -> None:
 def _choice(hp: TrainHparams, key: str, choices: tuple[str, ...] | None) -> None:
     value = getattr(hp, key)
     if key == 'opt':
-        import timm.optim
-
-        import timm_bot.optim  # noqa: F401  (registers the paper's optimizer names)
+        import timm.optim  # 'nag' is registered by importing timm_bot (which this module's import already did)
         choices = tuple(timm.optim.list_optimizers())
     if value not in choices:
         near = difflib.get_close_matches(str(value), choices, n=1)
