@@ -1,379 +1,354 @@
 #!/usr/bin/env python3
-"""Train an image classifier with the recipes of *Bag of Tricks for Image Classification* (He et al., 2019).
+"""Train any timm model with the refinements of *Bag of Tricks for Image Classification* (He et al., 2019).
 
     python train.py --hparams hparams/quickstart.yaml [--KEY VALUE ...]
+    python train.py --resume output/quickstart/digits-resnet18d_tiny        # a run folder or a checkpoint
     torchrun --nproc_per_node 2 train.py --hparams hparams/cifar10.yaml --data_dir ../shared/data/cifar10
 
-Every key of ``timm_bot.hparams.TrainHparams`` can be set in the YAML file and overridden on the command line.
-The script only wires timm (models, optimizer factory, AMP scaler, EMA, summary) with the ``timm_bot`` pieces;
-each trick lives, and is documented, in its own module.
+Exit codes: 0 done, 2 bad input (one line, nothing written), 3 non-finite loss or weights, 130 interrupted.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime
+import difflib
 import logging
 import math
 import os
-import random
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import timm
 import timm.data
 import timm.utils
 import torch
 import torch.distributed as dist
-import torch.nn as nn
 import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-import timm_bot  # noqa: F401  (registers the _bot models and the 'nag' optimizer)
-from timm_bot.checkpoint import load_checkpoint, save_checkpoint
-from timm_bot.data import BadImageError, collate_skip_bad, create_image_dataset
+import timm_bot
+from timm_bot.checkpoint import UnsafeCheckpointError, load_checkpoint, resolve_architecture, save_checkpoint
+from timm_bot.data import BadImageError, check_same_classes, collate_skip_bad, create_image_dataset
 from timm_bot.distill import DistillationLoss, load_teacher
 from timm_bot.evaluate import evaluate
-from timm_bot.export import ExportError, HubPushError, export_checkpoint
-from timm_bot.hparams import HparamsError, TrainHparams, load_hparams, parse_overrides
-from timm_bot.loss import SmoothedCrossEntropy
-from timm_bot.mixup import BatchMixup
+from timm_bot.export import ExportError, HubPushError, check_repo_id, export_checkpoint
+from timm_bot.hparams import TrainHparams, build_parser, check_resume_changes, load_hparams, resolve_device
+from timm_bot.loss import BatchMixup, SmoothedCrossEntropy
+from timm_bot.models import xavier_init_, zero_gamma_
 from timm_bot.optim import create_paper_optimizer, decayed_parameter_names, resolve_lr
 from timm_bot.plots import plot_curves, plot_lr
-from timm_bot.sampler import ResumableSampler, SeededTransformDataset
+from timm_bot.sampler import ResumableSampler, SeededTransformDataset, rng_state, set_rng_state
 from timm_bot.scheduler import create_paper_scheduler
 from timm_bot.transforms import create_paper_train_transform
 
 _logger = logging.getLogger('train')
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; training stops and the last good checkpoint is kept."""
+class TrainingStopped(RuntimeError):
+    """The loss or the weights became NaN/inf; the last checkpoint on disk is left as it was."""
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Setup
-# ---------------------------------------------------------------------------------------------------------------------
-
-def parse_args(argv: list[str] | None = None) -> tuple[TrainHparams, str, set[str]]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     usage='train.py --hparams FILE.yaml [--resume CKPT] [--KEY VALUE ...]')
-    parser.add_argument('--hparams', help='YAML file of hparams (see hparams/)')
-    parser.add_argument('--resume', default='', help='checkpoint to continue from (last.pth.tar)')
-    known, rest = parser.parse_known_args(argv)
-    overrides = parse_overrides(rest)
-    return load_hparams(known.hparams, overrides), known.resume, set(overrides)
+@dataclass
+class TrainState:
+    """Where the run is; saved in every checkpoint beside the model, optimizer and RNG states."""
+    epoch: int = 0
+    batch: int = 0
+    global_step: int = 0
+    best: dict = field(default_factory=lambda: {'top1': -1.0, 'epoch': -1})
+    history: list = field(default_factory=list)
+    epoch_stats: list = field(default_factory=lambda: [0.0, 0, 0])  # loss sum, images, skipped (partial epoch)
+    last_checkpoint: str = 'none written yet'
 
 
-def init_distributed(hp: TrainHparams) -> tuple[torch.device, int, int]:
-    """(device, rank, world_size). Under torchrun: DDP over gloo (CPU) or nccl (GPU), with a timeout so that a rank
-    that dies makes the others fail instead of hanging forever."""
-    use_cuda = hp.device == 'cuda' or (hp.device == 'auto' and torch.cuda.is_available())
-    world_size = int(os.environ.get('WORLD_SIZE', 1))
-    rank = int(os.environ.get('RANK', 0))
-    if world_size > 1:
-        dist.init_process_group(backend='nccl' if use_cuda else 'gloo',
-                                timeout=datetime.timedelta(seconds=hp.dist_timeout))
-    if use_cuda:
-        local_rank = int(os.environ.get('LOCAL_RANK', 0))
-        torch.cuda.set_device(local_rank)
-        return torch.device('cuda', local_rank), rank, world_size
-    return torch.device('cpu'), rank, world_size
+def create_model(hp: TrainHparams, num_classes: int, resume: dict | None) -> torch.nn.Module:
+    """Any timm model; the paper's Xavier init (section 2) and zero-gamma (3.1) applied by generic helpers."""
+    if resume:  # weights come from the checkpoint
+        return timm.create_model(resume['arch'], **dict(resume['model_args'], num_classes=num_classes))
+    if ':' not in hp.model and not timm.is_model(hp.model.split('.')[0]):
+        near = difflib.get_close_matches(hp.model, timm.list_models(), n=3)
+        raise ValueError(f'model {hp.model!r} is not a timm model' + (f'; did you mean {", ".join(near)}?' if near
+                                                                        else ' (see timm.list_models())'))
+    try:
+        model = timm.create_model(hp.model, pretrained=hp.pretrained, num_classes=num_classes,
+                                  **({'drop_rate': hp.drop_rate} if hp.drop_rate else {}))
+    except (OSError, RuntimeError) as e:
+        if not hp.pretrained:
+            raise
+        hub_id = hp.model if ':' in hp.model else timm.models.get_pretrained_cfg(hp.model).hf_hub_id
+        raise ValueError(f'pretrained weights of {hp.model} could not be loaded from {hub_id} ({type(e).__name__}). '
+                         'Offline: put them in the Hugging Face cache and set HF_HUB_OFFLINE=1, or use a copy as '
+                         'model: local-dir:PATH') from None
+    if hp.pretrained:
+        _logger.info(f'{hp.model}: pretrained weights (weight_init and zero_init_last not applied)')
+        return model
+    if hp.weight_init == 'xavier':
+        xavier_init_(model)
+    count = zero_gamma_(model, 0.0 if hp.zero_init_last else 1.0)
+    if hp.zero_init_last:
+        _logger.info(f'zero-gamma (3.1): {count} residual branches end at gamma 0' if count else
+                     f'zero-gamma (3.1): {hp.model} has no residual branch ending in a BatchNorm: not applied')
+    return model
 
 
-def create_loaders(hp: TrainHparams, rank: int, world_size: int, device: torch.device):
-    """Training data with the paper's augmentation (section 2) and validation data with the eval preprocessing."""
+def setup(argv: list[str] | None) -> dict[str, Any]:
+    """Everything that can fail on bad input, before any file is written: hparams, resume, device, data, model."""
+    args = build_parser(__doc__).parse_args(argv)
+    resume, resume_path = None, None
+    if args.resume:
+        resume_path = Path(args.resume) / 'last.pth.tar' if Path(args.resume).is_dir() else Path(args.resume)
+        resume = load_checkpoint(resume_path)
+        if 'optimizer' not in resume or 'args' not in resume:
+            raise ValueError(f'--resume {resume_path}: not a train.py checkpoint (no optimizer state)')
+    hp = load_hparams(args.hparams, {k: v for k, v in vars(args).items() if k not in ('hparams', 'resume')},
+                      base=resume and resume['args'])
+    if hp.push_to_hub:
+        check_repo_id(hp.push_to_hub)
+    world_size, rank = int(os.environ.get('WORLD_SIZE', 1)), int(os.environ.get('RANK', 0))
+    device = resolve_device(hp.device)
+    if device.type == 'cuda' and world_size > 1:
+        device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
     train_set = create_image_dataset(hp.data_dir, hp.train_split, skip_bad_images=hp.skip_bad_images)
     val_set = create_image_dataset(hp.data_dir, hp.val_split, skip_bad_images=hp.skip_bad_images)
-    if list(val_set.classes) != list(train_set.classes):
-        raise ValueError(f'data_dir: the {hp.val_split} split has classes {list(val_set.classes)[:5]}... but '
-                         f'{hp.train_split} has {list(train_set.classes)[:5]}...: both need the same class folders.')
-    train_transform = create_paper_train_transform(
+    labels = list(train_set.classes)
+    check_same_classes(labels, val_set.classes, f'the {hp.val_split} split')
+    lr, lr_message = resolve_lr(hp.lr, hp.batch_size, world_size, hp.grad_accum_steps, hp.lr_base, hp.lr_base_size)
+    if resume:
+        check_same_classes(resume['label_names'], labels, f'{hp.data_dir} (the data of --resume {resume_path})')
+        check_resume_changes(resume['args'], hp, lr)
+        if hp.epochs < resume['epoch'] + (resume['batch_in_epoch'] > 0):
+            raise ValueError(f'hparams: epochs={hp.epochs} but the run already trained {resume["epoch"]} epochs')
+    arch = (resume['arch'], resume['model_args'], resume['source']) if resume else resolve_architecture(hp.model)
+    timm.utils.random_seed(hp.seed, rank)
+    model = create_model(hp, len(labels), resume)
+    data_cfg = timm.data.resolve_data_config(model=model)
+    mean, std = list(hp.mean or data_cfg['mean']), list(hp.std or data_cfg['std'])
+    criterion = SmoothedCrossEntropy(hp.smoothing, hp.smoothing_mode)  # section 5.2, mixup-aware (5.4)
+    if hp.teacher:  # section 5.3
+        teacher, t_cfg = load_teacher(hp.teacher, num_classes=len(labels), label_names=labels)
+        criterion = DistillationLoss(teacher, criterion, hp.temperature, mean, std, t_cfg['mean'], t_cfg['std'])
+    meta = dict(arch=arch[0], model_args=arch[1], source=arch[2], num_classes=len(labels), label_names=labels,
+                data_config={'input_size': [3, hp.img_size, hp.img_size], 'crop_pct': hp.crop_pct, 'mean': mean,
+                             'std': std, 'interpolation': hp.interpolation, 'crop_mode': 'center'},
+                args=dict(hp.to_dict(), lr=lr))
+    return dict(hp=hp, resume=resume, resume_path=resume_path, rank=rank, world_size=world_size, device=device,
+                train_set=train_set, val_set=val_set, model=model, criterion=criterion, lr_message=lr_message,
+                meta=meta)
+
+
+def create_loaders(hp: TrainHparams, train_set, val_set, mean, std, rank: int, world_size: int):
+    """Paper augmentation (section 2) seeded per sample for exact resume; eval: resize, center crop."""
+    transform = create_paper_train_transform(
         hp.img_size, scale=tuple(hp.scale), ratio=tuple(hp.ratio), hflip=hp.hflip, color_jitter=hp.color_jitter,
-        hue=hp.color_jitter if hp.hue_jitter else 0.0, pca_lighting=hp.pca_lighting, mean=hp.mean, std=hp.std,
+        hue=hp.color_jitter if hp.hue_jitter else 0.0, pca_lighting=hp.pca_lighting, mean=mean, std=std,
         interpolation=hp.interpolation)
-    eval_transform = timm.data.create_transform(
-        hp.img_size, is_training=False, crop_pct=hp.crop_pct, interpolation=hp.interpolation,
-        mean=tuple(hp.mean), std=tuple(hp.std))
-    # generator: each DataLoader iterator draws a base seed from it -- by default from the global torch RNG that
-    # mixup samples from, which would shift mixup's stream after a mid-epoch resume (the iterator is created anew).
-    loader_args = dict(num_workers=hp.workers, collate_fn=collate_skip_bad, persistent_workers=hp.workers > 0,
-                       pin_memory=hp.pin_memory and device.type == 'cuda',
-                       generator=torch.Generator().manual_seed(hp.seed))
+    val_set.transform = timm.data.create_transform(hp.img_size, is_training=False, crop_pct=hp.crop_pct,
+                                                   interpolation=hp.interpolation, mean=mean, std=std)
+    # A private generator: the loader's base seed must not come from the global RNG that mixup draws from.
+    common = dict(batch_size=hp.batch_size, num_workers=hp.workers, collate_fn=collate_skip_bad,
+                  persistent_workers=hp.workers > 0, pin_memory=hp.pin_memory,
+                  generator=torch.Generator().manual_seed(hp.seed))
     train_sampler = ResumableSampler(len(train_set), hp.batch_size, hp.seed, rank, world_size)
-    train_loader = DataLoader(SeededTransformDataset(train_set, train_transform), batch_size=hp.batch_size,
-                              sampler=train_sampler, **loader_args)
-    val_set.transform = eval_transform  # deterministic: no per-sample seeding needed
-    val_sampler = ResumableSampler(len(val_set), hp.batch_size, hp.seed, rank, world_size,
-                                   shuffle=False, drop_last=False)
-    val_loader = DataLoader(val_set, batch_size=hp.batch_size, sampler=val_sampler, **loader_args)
-    return train_loader, val_loader, train_set.classes
+    val_sampler = ResumableSampler(len(val_set), hp.batch_size, hp.seed, rank, world_size, False, False)
+    return (DataLoader(SeededTransformDataset(train_set, transform), sampler=train_sampler, **common),
+            DataLoader(val_set, sampler=val_sampler, **common))
 
 
-def create_criterion(hp: TrainHparams, num_classes: int) -> nn.Module:
-    """Label smoothing (5.2), mixup-aware (5.4); wrapped with a frozen teacher for distillation (5.3)."""
-    criterion = SmoothedCrossEntropy(hp.smoothing, hp.smoothing_mode)
-    if not hp.teacher:
-        return criterion
-    teacher, teacher_cfg = load_teacher(hp.teacher, num_classes=num_classes)
-    return DistillationLoss(teacher, criterion, temperature=hp.temperature, student_mean=hp.mean,
-                            student_std=hp.std, teacher_mean=teacher_cfg['mean'], teacher_std=teacher_cfg['std'])
+def amp_slowdown(device: torch.device, dtype: torch.dtype) -> float:
+    """Measured time of a small conv step under autocast(``dtype``) relative to float32 on ``device``."""
+    conv, x = torch.nn.Conv2d(32, 32, 3, padding=1).to(device), torch.randn(16, 32, 32, 32, device=device)
+
+    def step(low: bool) -> float:
+        tic = time.perf_counter()
+        with torch.autocast(device.type, dtype=dtype, enabled=low):
+            conv(x).float().sum().backward()
+        return time.perf_counter() - tic
+    step(True), step(False)  # warmup
+    return min(step(True) for _ in range(3)) / min(step(False) for _ in range(3))
 
 
-def rng_state() -> dict[str, Any]:
-    """Main-process RNG states (mixup draws; augmentation is seeded per sample, see timm_bot.sampler)."""
-    np_state = np.random.get_state()
-    state = {'torch': torch.get_rng_state(), 'python': random.getstate(),
-             'numpy': [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
-    if torch.cuda.is_available():
-        state['cuda'] = torch.cuda.get_rng_state_all()
-    return state
+def train_one_epoch(epoch: int, loader: DataLoader, t: dict[str, Any], state: TrainState, hp: TrainHparams,
+                    save: Any) -> float:
+    """One epoch from ``state.batch`` on; ``state`` is current after every batch. Returns images/s."""
+    model, criterion, optimizer = t['train_model'], t['criterion'], t['optimizer']
+    model.train()
+    criterion.train()
+    loss_sum, seen, skipped = state.epoch_stats
+    batches = len(loader.sampler) // hp.batch_size + state.batch
+    bar = None
+    if sys.stderr.isatty() and _logger.isEnabledFor(logging.INFO):
+        from tqdm import tqdm
+        bar = tqdm(total=batches, initial=state.batch, desc=f'epoch {epoch + 1}/{hp.epochs}', leave=False)
+    tic, seen_at_start = time.perf_counter(), seen
+    for batch_idx, (images, targets, num_skipped) in enumerate(loader, start=state.batch):
+        skipped += num_skipped
+        if images is None:  # unreadable images, or a single readable one (BatchNorm needs two)
+            continue
+        images, targets = images.to(t['device'], non_blocking=True), targets.to(t['device'], non_blocking=True)
+        if hp.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        target = targets
+        if t['mixup'] is not None:  # section 5.4
+            images, target = t['mixup'](images, targets)
+        update = (batch_idx + 1) % hp.grad_accum_steps == 0 or batch_idx + 1 == batches
+        with contextlib.nullcontext() if update or not hasattr(model, 'no_sync') else model.no_sync():
+            with t['autocast']():
+                logits = model(images)
+                loss = criterion(logits, images, target) if hp.teacher else criterion(logits, target)
+            if not torch.isfinite(loss):
+                raise TrainingStopped(f'the loss is {loss.item()} at epoch {epoch + 1}, batch {batch_idx + 1}, update '
+                                      f'{state.global_step + 1}; the last checkpoint ({state.last_checkpoint}) is '
+                                      f'intact. Lower lr (now {optimizer.param_groups[0]["lr"]:.4g}) or check data.')
+            if t['loss_scaler'] is not None:
+                t['loss_scaler'](loss / hp.grad_accum_steps, optimizer, need_update=update)
+            else:
+                (loss / hp.grad_accum_steps).backward()
+                if update:
+                    optimizer.step()
+        loss_sum, seen = loss_sum + loss.item() * targets.shape[0], seen + targets.shape[0]
+        if update:
+            optimizer.zero_grad(set_to_none=True)
+            state.global_step += 1
+            t['scheduler'].step_update(num_updates=state.global_step)
+            if t['model_ema'] is not None:
+                t['model_ema'].update(t['model'], step=state.global_step)
+        state.batch, state.epoch_stats = batch_idx + 1, [loss_sum, seen, skipped]
+        if update and hp.checkpoint_interval and state.global_step % hp.checkpoint_interval == 0 and \
+                batch_idx + 1 < batches:
+            save('last.pth.tar')
+        rate = (seen - seen_at_start) / (time.perf_counter() - tic)
+        if bar is not None:
+            bar.set_postfix(loss=f'{loss.item():.3f}', img_s=f'{rate:.0f}')
+            bar.update()
+        elif hp.log_interval and (batch_idx + 1) % hp.log_interval == 0:
+            eta = datetime.timedelta(seconds=round((batches - batch_idx - 1) * hp.batch_size / max(rate, 1e-9)))
+            _logger.info(f'epoch {epoch + 1}/{hp.epochs} [{batch_idx + 1}/{batches}] loss {loss.item():.4f} '
+                         f'lr {optimizer.param_groups[0]["lr"]:.4g} {rate:.0f} img/s ETA {eta}')
+    if bar is not None:
+        bar.close()
+    return (seen - seen_at_start) / (time.perf_counter() - tic)
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state['torch'])
-    random.setstate(tuple(tuple(s) if isinstance(s, list) else s for s in state['python']))
-    name, keys, *rest = state['numpy']
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    if 'cuda' in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Training and evaluation
-# ---------------------------------------------------------------------------------------------------------------------
-
-def checkpoint_state(model, model_ema, optimizer, scheduler, loss_scaler, hp, lr, data_config, label_names,
-                     epoch, batch_in_epoch, epoch_stats, global_step, best, history) -> dict[str, Any]:
-    """Everything --resume needs, as plain tensors/containers so it loads with weights_only=True."""
-    state = {
-        'arch': hp.model, 'num_classes': len(label_names), 'label_names': list(label_names),
-        'state_dict': timm.utils.unwrap_model(model).state_dict(), 'data_config': data_config,
-        'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict(),
-        'epoch': epoch, 'batch_in_epoch': batch_in_epoch, 'epoch_stats': epoch_stats, 'global_step': global_step,
-        'best': best, 'history': history, 'rng': rng_state(), 'args': dict(hp.to_dict(), lr=lr),
-        'version': timm_bot.__version__,
-    }
-    if model_ema is not None:
-        state['state_dict_ema'] = timm.utils.unwrap_model(model_ema).state_dict()
-    if loss_scaler is not None:
-        state['scaler'] = loss_scaler.state_dict()
-    return state
-
-
-def write_summary(history: list[dict], path: Path) -> None:
-    """summary.csv in timm's format, rewritten whole from the run history (so a resumed run has no gaps)."""
-    tmp = path.with_name(path.name + '.tmp')
-    tmp.unlink(missing_ok=True)
-    for row in history:
-        train = {'loss': row['train_loss']}
-        evals = {k[len('eval_'):]: v for k, v in row.items() if k.startswith('eval_')}
-        timm.utils.update_summary(row['epoch'], train, evals, tmp, lr=row['lr'])
-    os.replace(tmp, path)
+def evaluate_epoch(epoch: int, t: dict[str, Any], state: TrainState, hp: TrainHparams, val_loader: DataLoader,
+                   world_size: int) -> dict[str, float]:
+    """Reduce the epoch's statistics over ranks, evaluate the model (and its EMA) and record the epoch."""
+    totals = torch.tensor(state.epoch_stats, dtype=torch.float64)
+    if world_size > 1:
+        dist.all_reduce(totals)
+        timm.utils.distribute_bn(t['model'], world_size, reduce=True)  # one set of BN running stats
+    row = {'epoch': epoch, 'train_loss': totals[0].item() / max(totals[1].item(), 1)}
+    for prefix, model in (('eval_', t['model']), ('eval_ema_', t['model_ema'])):
+        if model is not None:
+            metrics = evaluate(model, val_loader, t['device'], t['autocast'], world_size, hp.channels_last)
+            row.update({prefix + k: metrics[k] for k in ('loss', 'top1', 'top5')})
+    row['lr'] = t['optimizer'].param_groups[0]['lr']
+    state.history.append(row)
+    state.epoch, state.batch, state.epoch_stats = epoch + 1, 0, [0.0, 0, 0]
+    if row['eval_top1'] > state.best['top1']:
+        state.best = {'top1': row['eval_top1'], 'epoch': epoch}
+    return dict(row, skipped=totals[2].item())
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     try:
-        hp, resume, cli_keys = parse_args(argv)
-    except HparamsError as e:
+        r = setup(argv)
+    except (ValueError, FileNotFoundError, ImportError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
-
-    device, rank, world_size = init_distributed(hp)
-    if rank != 0:
-        logging.getLogger().setLevel(logging.WARNING)
-    timm.utils.random_seed(hp.seed, rank)
-    if device.type == 'cpu' and hp.workers > 0:  # loader workers need cores too: don't oversubscribe
+    hp, resume, model, device, world_size, rank, meta = (r[k] for k in ('hp', 'resume', 'model', 'device',
+                                                                         'world_size', 'rank', 'meta'))
+    if world_size > 1:
+        dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo',
+                                timeout=datetime.timedelta(seconds=hp.dist_timeout))
+    logging.getLogger().setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    if device.type == 'cuda':
+        torch.cuda.set_device(device)
+    if device.type == 'cpu' and hp.workers > 0:  # loader workers need cores too
         torch.set_num_threads(max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - hp.workers)))
-    if hp.deterministic:
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(hp.deterministic)
+    _logger.info(f'device {device} ({world_size} process(es), {torch.get_num_threads()} threads each); {hp.model}: '
+                 f'{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {meta["num_classes"]} classes')
+    mean, std = meta['data_config']['mean'], meta['data_config']['std']
+    train_loader, val_loader = create_loaders(hp, r['train_set'], r['val_set'], mean, std, rank, world_size)
+    model.to(device, memory_format=torch.channels_last if hp.channels_last else torch.preserve_format)
+    r['criterion'].to(device)
 
-    # Everything that can fail on bad input happens before the output folder exists.
-    try:
-        train_loader, val_loader, label_names = create_loaders(hp, rank, world_size, device)
-        num_classes = len(label_names)
-        model = timm.create_model(hp.model, pretrained=hp.pretrained, num_classes=num_classes,
-                                  drop_rate=hp.drop_rate, weight_init=hp.weight_init,
-                                  zero_init_last=hp.zero_init_last)
-        criterion = create_criterion(hp, num_classes)
-        resume_state = load_checkpoint(resume) if resume else None
-        if resume_state is not None and (resume_state.get('arch'), resume_state.get('num_classes')) != \
-                (hp.model, num_classes):
-            raise ValueError(f'--resume {resume}: the checkpoint is {resume_state.get("arch")} with '
-                             f'{resume_state.get("num_classes")} classes, this run is {hp.model} with {num_classes}.')
-        if resume_state is not None:
-            _warn_resume_overrides(resume_state.get('args', {}), hp, cli_keys)
-    except (ValueError, FileNotFoundError, ImportError, RuntimeError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
-
-    data_config = {'input_size': [3, hp.img_size, hp.img_size], 'crop_pct': hp.crop_pct,
-                   'interpolation': hp.interpolation, 'mean': list(hp.mean), 'std': list(hp.std),
-                   'crop_mode': 'center'}
-    model.to(device)
-    criterion.to(device)
-    if hp.channels_last:
-        model.to(memory_format=torch.channels_last)
-
-    # Optimizer: NAG, no bias decay (3.1), linear scaling of the lr with the global batch (3.1).
-    lr, lr_message = resolve_lr(hp.lr, hp.batch_size, world_size, hp.grad_accum_steps, hp.lr_base, hp.lr_base_size)
-    optimizer = create_paper_optimizer(model, hp.opt, lr=lr, weight_decay=hp.weight_decay, momentum=hp.momentum,
-                                       no_bias_decay=hp.no_bias_decay)
+    # NAG, no bias decay, linear scaling (2, 3.1); per-iteration warmup then cosine (5.1) or step decay (2).
+    optimizer = create_paper_optimizer(model, hp.opt, meta['args']['lr'], hp.weight_decay, hp.momentum,
+                                       hp.no_bias_decay)
     decayed, not_decayed = decayed_parameter_names(model, hp.no_bias_decay)
-    _logger.info(f'{hp.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {num_classes} classes')
-    _logger.info(f'{lr_message}; global batch {hp.batch_size * world_size * hp.grad_accum_steps} '
-                 f'({world_size} process(es) x {hp.batch_size} x {hp.grad_accum_steps} accumulation steps)')
-    _logger.info(f'weight decay {hp.weight_decay:g} on {len(decayed)} tensors (conv/fc weights), '
-                 f'none on {len(not_decayed)} (biases, BN gamma/beta)' if hp.no_bias_decay else
-                 f'weight decay {hp.weight_decay:g} on all {len(decayed)} parameter tensors')
-
-    # Schedule: per-iteration warmup (3.1) then cosine (5.1) or step decay (section 2).
-    batches_per_epoch = len(train_loader.sampler) // hp.batch_size
-    updates_per_epoch = math.ceil(batches_per_epoch / hp.grad_accum_steps)
+    _logger.info(f'{r["lr_message"]}; global batch {hp.batch_size * world_size * hp.grad_accum_steps}; weight decay '
+                 f'{hp.weight_decay:g} on {len(decayed)} tensors, none on {len(not_decayed)}')
+    updates_per_epoch = math.ceil(len(train_loader) / hp.grad_accum_steps)
     scheduler = create_paper_scheduler(optimizer, hp.sched, hp.epochs, updates_per_epoch, hp.warmup_epochs,
                                        hp.decay_milestones, hp.decay_rate)
-
-    # Low precision (3.2): bfloat16 autocast, or float16 with loss scaling.
-    amp_dtype = torch.bfloat16 if hp.amp_dtype == 'bfloat16' else torch.float16
-    amp_autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if hp.amp else contextlib.nullcontext
-    loss_scaler = timm.utils.NativeScaler(device=device.type) if hp.amp and amp_dtype == torch.float16 else None
-    mixup = BatchMixup(hp.mixup) if hp.mixup > 0 else None
-    model_ema = timm.utils.ModelEmaV3(model, decay=hp.model_ema_decay) if hp.model_ema else None
-
-    start_epoch, start_batch, global_step, best, history = 0, 0, 0, {'top1': -1.0, 'epoch': -1}, []
-    epoch_stats = (0.0, 0, 0)  # train loss sum, images, skipped images of a partly done epoch
-    if resume_state is not None:
-        model.load_state_dict(resume_state['state_dict'])
-        optimizer.load_state_dict(resume_state['optimizer'])
-        scheduler.load_state_dict(resume_state['scheduler'])
-        if model_ema is not None and 'state_dict_ema' in resume_state:
-            model_ema.load_state_dict(resume_state['state_dict_ema'])
-        if loss_scaler is not None and 'scaler' in resume_state:
-            loss_scaler.load_state_dict(resume_state['scaler'])
-        start_epoch, start_batch = resume_state['epoch'], resume_state['batch_in_epoch']
-        global_step, best, history = resume_state['global_step'], resume_state['best'], resume_state['history']
-        epoch_stats = tuple(resume_state['epoch_stats'])
-        scheduler.step_update(num_updates=global_step)
-        set_rng_state(resume_state['rng'])
-        _logger.info(f'resumed from {resume}: epoch {start_epoch}, batch {start_batch}, update {global_step}')
-
-    train_model = model
+    amp_dtype = torch.bfloat16 if hp.amp_dtype == 'bfloat16' else torch.float16  # section 3.2
+    if hp.amp and device.type == 'cpu':
+        slowdown = amp_slowdown(device, amp_dtype)
+        (_logger.warning if slowdown > 1.5 else _logger.info)(
+            f'amp: {hp.amp_dtype} autocast measured at {slowdown:.1f}x the time of float32 on this CPU'
+            + ('; it has no fast low-precision support: set amp: false' if slowdown > 1.5 else ''))
+    t = dict(model=model, train_model=model, criterion=r['criterion'], optimizer=optimizer, scheduler=scheduler,
+             loss_scaler=timm.utils.NativeScaler(device=device.type) if hp.amp and amp_dtype == torch.float16
+             else None, model_ema=timm.utils.ModelEmaV3(model, decay=hp.model_ema_decay) if hp.model_ema else None,
+             mixup=BatchMixup(hp.mixup) if hp.mixup > 0 else None, device=device,
+             autocast=(lambda: torch.autocast(device.type, dtype=amp_dtype)) if hp.amp else contextlib.nullcontext)
+    state = restore(t, resume, hp, r['resume_path']) if resume else TrainState()
     if hp.torchcompile:
-        train_model = torch.compile(model)
+        t['train_model'] = torch.compile(model)
     if world_size > 1:
-        train_model = DistributedDataParallel(train_model, device_ids=[device.index] if device.type == 'cuda' else None)
-
-    output_dir = Path(hp.output) / (hp.experiment or f'{time.strftime("%Y%m%d-%H%M%S")}-{hp.model}')
-    if resume and 'experiment' not in cli_keys:  # only a command-line --experiment moves it (YAML files set one)
-        output_dir = Path(resume).resolve().parent
-    if rank == 0:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / 'args.yaml').write_text(yaml.safe_dump(dict(hp.to_dict(), lr=lr), sort_keys=False))
-
-    def save(name: str, epoch: int, batch_in_epoch: int, epoch_stats: tuple = (0.0, 0, 0)) -> None:
+        ids = [device] if device.type == 'cuda' else None
+        t['train_model'] = DistributedDataParallel(t['train_model'], device_ids=ids)
+    if resume:
+        output_dir = r['resume_path'].parent
+        _logger.info(f'resuming at epoch {state.epoch + 1}, batch {state.batch} in {output_dir}')
+    else:
+        name = hp.experiment or f'{time.strftime("%Y%m%d-%H%M%S")}-{hp.model.replace("/", "_").replace(":", "_")}'
+        output_dir = Path(timm.utils.get_outdir(hp.output, name, inc=True) if rank == 0 else Path(hp.output) / name)
         if rank == 0:
-            save_checkpoint(checkpoint_state(model, model_ema, optimizer, scheduler, loss_scaler, hp, lr,
-                                             data_config, label_names, epoch, batch_in_epoch, list(epoch_stats),
-                                             global_step, best, history), output_dir / name)
+            (output_dir / 'args.yaml').write_text(yaml.safe_dump(meta['args'], sort_keys=False))
+        _logger.info(f'writing to {output_dir}')
 
-    show_progress = rank == 0 and sys.stderr.isatty()
-    for epoch in range(start_epoch, hp.epochs):
-        train_loader.sampler.set_epoch(epoch, start_batch)
-        train_model.train()
-        criterion.train()
-        (loss_sum, seen, skipped), tic = epoch_stats, time.perf_counter()
-        epoch_stats, resumed_seen = (0.0, 0, 0), seen
-        progress = _progress(len(train_loader), epoch, hp.epochs) if show_progress else None
-        for batch_idx, (images, targets, num_skipped) in enumerate(train_loader, start=start_batch):
-            skipped += num_skipped
-            if images is None:  # every image of the batch was unreadable (skip_bad_images)
-                continue
-            images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-            if hp.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            target = targets
-            if mixup is not None:  # section 5.4: mix the batch with a permutation of itself
-                images, target = mixup(images, targets)
-            need_update = (batch_idx + 1) % hp.grad_accum_steps == 0 or batch_idx + 1 == batches_per_epoch
-            sync = contextlib.nullcontext() if need_update or world_size == 1 else train_model.no_sync()
-            with sync:
-                with amp_autocast():
-                    logits = train_model(images)
-                    loss = criterion(logits, images, target) if hp.teacher else criterion(logits, target)
-                if not torch.isfinite(loss):
-                    raise NonFiniteLossError(
-                        f'loss is {loss.item()} at epoch {epoch}, batch {batch_idx}, update {global_step + 1}: '
-                        f'training stopped; the last good checkpoint in {output_dir} is intact. Lower lr '
-                        f'(now {optimizer.param_groups[0]["lr"]:.4g}) or check the data.')
-                scaled = loss / hp.grad_accum_steps
-                if loss_scaler is not None:
-                    loss_scaler(scaled, optimizer, need_update=need_update)
-                else:
-                    scaled.backward()
-                    if need_update:
-                        optimizer.step()
-            loss_sum += loss.item() * targets.shape[0]
-            seen += targets.shape[0]
-            if need_update:
-                optimizer.zero_grad(set_to_none=True)
-                global_step += 1
-                scheduler.step_update(num_updates=global_step)
-                if model_ema is not None:
-                    model_ema.update(model, step=global_step)
-                if hp.checkpoint_interval and global_step % hp.checkpoint_interval == 0 \
-                        and batch_idx + 1 < batches_per_epoch:
-                    save('last.pth.tar', epoch, batch_idx + 1, (loss_sum, seen, skipped))
-            if progress is not None:
-                progress.set_postfix(loss=f'{loss.item():.3f}',
-                                     img_s=f'{(seen - resumed_seen) / (time.perf_counter() - tic):.0f}')
-                progress.update()
-        if progress is not None:
-            progress.close()
-        start_batch = 0
-        images_per_second = (seen - resumed_seen) * world_size / (time.perf_counter() - tic)
-
-        train_loss = torch.tensor([loss_sum, seen, skipped], dtype=torch.float64)
-        if world_size > 1:
-            dist.all_reduce(train_loss)
-        loss_sum, seen, skipped = train_loss.tolist()
-        if world_size > 1:  # each rank's BN running stats are EMAs of its own batches: make them one
-            timm.utils.distribute_bn(model, world_size, reduce=True)
-        metrics = evaluate(model, val_loader, device, amp_autocast, world_size, hp.channels_last)
-        row = {'epoch': epoch, 'train_loss': loss_sum / max(seen, 1),
-               **{f'eval_{k}': metrics[k] for k in ('loss', 'top1', 'top5')}}
-        if model_ema is not None:
-            ema_metrics = evaluate(model_ema, val_loader, device, amp_autocast, world_size, hp.channels_last)
-            row.update({f'eval_ema_{k}': ema_metrics[k] for k in ('loss', 'top1', 'top5')})
-        row['lr'] = optimizer.param_groups[0]['lr']
-        history.append(row)
-        _logger.info(f'epoch {epoch + 1}/{hp.epochs}: train loss {row["train_loss"]:.4f}, val loss '
-                     f'{metrics["loss"]:.4f}, top-1 {metrics["top1"]:.2f}%, top-5 {metrics["top5"]:.2f}%, '
-                     f'lr {row["lr"]:.4g}, {images_per_second:.0f} img/s'
-                     + (f', {int(skipped)} unreadable images skipped' if skipped else ''))
-        is_best = metrics['top1'] > best['top1']
-        if is_best:
-            best = {'top1': metrics['top1'], 'epoch': epoch}
-        save('last.pth.tar', epoch + 1, 0)
+    def save(name: str) -> None:
+        ckpt = checkpoint_state(t, state, meta)  # raises before writing when the weights are not finite
         if rank == 0:
-            if is_best:
-                save('model_best.pth.tar', epoch + 1, 0)
-            write_summary(history, output_dir / 'summary.csv')
-            if hp.plots:
-                lrs = [scheduler._get_values(k, on_epoch=False)[0] for k in range(hp.epochs * updates_per_epoch)]
-                plot_lr(lrs, updates_per_epoch, output_dir / 'lr.png', f'{hp.sched} schedule, {lr_message}')
-                plot_curves(history, output_dir / 'curves.png')
+            save_checkpoint(ckpt, output_dir / name)
+            state.last_checkpoint = f'{output_dir / name}, epoch {state.epoch + 1} batch {state.batch}'
 
+    if state.epoch == hp.epochs:
+        _logger.info(f'the run already trained its {hp.epochs} epochs: nothing to do (--epochs N extends it)')
+    try:
+        for epoch in range(state.epoch, hp.epochs):
+            train_loader.sampler.set_epoch(epoch, state.batch)
+            images_per_second = train_one_epoch(epoch, train_loader, t, state, hp, save) * world_size
+            row = evaluate_epoch(epoch, t, state, hp, val_loader, world_size)
+            _logger.info(f'epoch {epoch + 1}/{hp.epochs}: train loss {row["train_loss"]:.4f}, val loss '
+                         f'{row["eval_loss"]:.4f}, top-1 {row["eval_top1"]:.2f}%, top-5 {row["eval_top5"]:.2f}%'
+                         + (f', EMA top-1 {row["eval_ema_top1"]:.2f}%' if hp.model_ema else '')
+                         + f', lr {row["lr"]:.4g}, {images_per_second:.0f} img/s'
+                         + (f', {row["skipped"]:.0f} images skipped (unreadable, or alone in a batch)'
+                            if row['skipped'] else ''))
+            save('last.pth.tar')
+            if rank == 0:
+                if state.best['epoch'] == epoch:
+                    save('model_best.pth.tar')
+                    state.last_checkpoint = f'{output_dir / "last.pth.tar"}, epoch {epoch + 1}'
+                write_summary(state.history, output_dir / 'summary.csv')
+                if hp.plots:
+                    lrs = [scheduler._get_values(k, on_epoch=False)[0] for k in range(hp.epochs * updates_per_epoch)]
+                    plot_lr(lrs, updates_per_epoch, output_dir / 'lr.png', f'{hp.sched} schedule, {r["lr_message"]}')
+                    plot_curves(state.history, output_dir / 'curves.png')
+    except KeyboardInterrupt:
+        print(f'interrupted at epoch {state.epoch + 1}/{hp.epochs}, batch {state.batch}; last checkpoint: '
+              f'{state.last_checkpoint}; resume with: python train.py --resume {output_dir}', file=sys.stderr)
+        return 130
     if rank == 0:
-        _logger.info(f'best top-1 {best["top1"]:.2f}% (epoch {best["epoch"] + 1}). Checkpoints: '
-                     f'{output_dir / "last.pth.tar"}, {output_dir / "model_best.pth.tar"}; summary: '
-                     f'{output_dir / "summary.csv"}' + (f'; plots: {output_dir / "lr.png"}, '
-                                                        f'{output_dir / "curves.png"}' if hp.plots else ''))
+        _logger.info(f'best top-1 {state.best["top1"]:.2f}% (epoch {state.best["epoch"] + 1}); checkpoints, '
+                     f'summary.csv and plots in {output_dir}')
         if hp.export_dir or hp.push_to_hub:
             export_checkpoint(output_dir / 'model_best.pth.tar', hp.export_dir or output_dir / 'hub',
                               push_to_hub=hp.push_to_hub, use_ema=hp.export_ema, overwrite=True)
@@ -382,34 +357,61 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _warn_resume_overrides(saved: dict[str, Any], hp: TrainHparams, cli_keys: set[str]) -> None:
-    """--resume restores the optimizer and schedule of the checkpoint: say so when the command line asks otherwise."""
-    restored = ('lr', 'lr_base', 'epochs', 'sched', 'warmup_epochs', 'decay_milestones', 'decay_rate', 'batch_size',
-                'grad_accum_steps', 'opt', 'momentum', 'weight_decay')
-    ignored = sorted(k for k in restored if k in cli_keys and k in saved and saved[k] != getattr(hp, k))
-    if ignored:
-        _logger.warning("--resume: the checkpoint's optimizer and lr schedule are restored, so the new values of "
-                        f'{", ".join(ignored)} do not take effect (start a new run to change them).')
+def checkpoint_state(t: dict[str, Any], state: TrainState, meta: dict[str, Any]) -> dict[str, Any]:
+    """Everything --resume, validate.py and export need, as plain containers (loads with weights_only=True)."""
+    ckpt = dict(meta, state_dict=timm.utils.unwrap_model(t['model']).state_dict(),
+                optimizer=t['optimizer'].state_dict(), scheduler=t['scheduler'].state_dict(), epoch=state.epoch,
+                batch_in_epoch=state.batch, global_step=state.global_step, best=state.best, history=state.history,
+                epoch_stats=list(state.epoch_stats), rng=rng_state(), version=timm_bot.__version__)
+    if t['model_ema'] is not None:
+        ckpt['state_dict_ema'] = t['model_ema'].module.state_dict()
+    if t['loss_scaler'] is not None:
+        ckpt['scaler'] = t['loss_scaler'].state_dict()
+    if not all(w.isfinite().all() for w in ckpt['state_dict'].values() if w.is_floating_point()):
+        raise TrainingStopped(f'the weights became NaN/inf by update {state.global_step} (epoch {state.epoch + 1}) and '
+                              f'were not saved; the last checkpoint ({state.last_checkpoint}) is intact. Lower lr.')
+    return ckpt
 
 
-def _progress(total: int, epoch: int, epochs: int):
-    from tqdm import tqdm
-    return tqdm(total=total, desc=f'epoch {epoch + 1}/{epochs}', leave=False, dynamic_ncols=True)
+def restore(t: dict[str, Any], resume: dict[str, Any], hp: TrainHparams, path: Path) -> TrainState:
+    """The states of a ``--resume`` checkpoint; a new ``epochs`` rebuilds the schedule for the new length."""
+    t['model'].load_state_dict(resume['state_dict'])
+    t['optimizer'].load_state_dict(resume['optimizer'])
+    if hp.epochs == resume['args']['epochs']:
+        t['scheduler'].load_state_dict(resume['scheduler'])
+    else:
+        _logger.info(f'epochs {resume["args"]["epochs"]} -> {hp.epochs}: the {hp.sched} schedule is rebuilt for '
+                     f'{hp.epochs} epochs and continues from update {resume["global_step"]}')
+    if t['model_ema'] is not None:
+        t['model_ema'].module.load_state_dict(resume['state_dict_ema'])
+    if t['loss_scaler'] is not None and 'scaler' in resume:
+        t['loss_scaler'].load_state_dict(resume['scaler'])
+    t['scheduler'].step_update(num_updates=resume['global_step'])
+    set_rng_state(resume['rng'])
+    return TrainState(resume['epoch'], resume['batch_in_epoch'], resume['global_step'], resume['best'],
+                      resume['history'], list(resume['epoch_stats']), str(path))
+
+
+def write_summary(history: list[dict], path: Path) -> None:
+    """summary.csv in timm's format, rewritten whole from the history (a resumed run has no gaps)."""
+    tmp = path.with_name(path.name + '.tmp')
+    tmp.unlink(missing_ok=True)
+    for row in history:
+        evals = {k[len('eval_'):]: v for k, v in row.items() if k.startswith('eval_')}
+        timm.utils.update_summary(row['epoch'], {'loss': row['train_loss']}, evals, tmp, lr=row['lr'])
+    os.replace(tmp, path)
 
 
 def run(argv: list[str] | None = None) -> int:
-    """``main`` with the errors a user can fix turned into one clear line and a non-zero exit code."""
+    """``main`` with the failures a user can fix as one line and an exit code."""
     try:
         return main(argv)
-    except NonFiniteLossError as e:
+    except TrainingStopped as e:
         print(f'error: {e}', file=sys.stderr)
         return 3
-    except BadImageError as e:
+    except (BadImageError, ExportError, UnsafeCheckpointError, HubPushError) as e:
         print(f'error: {e}', file=sys.stderr)
-        return 2
-    except (ExportError, HubPushError) as e:  # training finished; checkpoints (and the export folder) are intact
-        print(f'error: {e}', file=sys.stderr)
-        return 1 if isinstance(e, HubPushError) else 2
+        return 1 if isinstance(e, HubPushError) else 2  # a failed push keeps the checkpoints and the export
 
 
 if __name__ == '__main__':

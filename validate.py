@@ -1,18 +1,21 @@
 #!/usr/bin/env python3
-"""Evaluate a model with its own evaluation preprocessing (paper section 2: resize 256, center crop 224).
+"""Evaluate a train.py checkpoint, an export folder or a timm model with its own eval preprocessing (paper section 2).
 
-    python validate.py --model resnet50d_bot --data-dir /data/imagenet            # timm/_bot model (Hub weights)
-    python validate.py --checkpoint output/train/RUN/model_best.pth.tar --data-dir digits
-    python validate.py --model local-dir:exported/ --data-dir /data/imagenet      # or hf-hub:ORG/NAME
+    python validate.py --checkpoint output/train/RUN/model_best.pth.tar --data-dir digits [--use-ema]
+    python validate.py --checkpoint output/train/RUN/export --data-dir digits       # an export folder
+    python validate.py --model resnet50d --data-dir /data/imagenet                  # timm's pretrained weights
 
-Prints top-1 / top-5 / loss and writes them as JSON (default: beside the checkpoint, else ./validate-SPLIT.json).
+Writes JSON results (default: validate-<checkpoint>[-ema]-<split>.json beside the checkpoint). Exit codes: 0 ok,
+2 bad input (one `error:` line on stderr, before any work), 130 interrupted. Options also take `_` for `-`.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -23,82 +26,121 @@ from torch.utils.data import DataLoader
 
 import timm_bot  # noqa: F401  (registers the _bot models)
 from timm_bot.checkpoint import create_model_from_checkpoint
-from timm_bot.data import BadImageError, collate_skip_bad, create_image_dataset
+from timm_bot.data import check_same_classes, collate_skip_bad, create_image_dataset
 from timm_bot.evaluate import evaluate
+from timm_bot.hparams import resolve_device
 
 _logger = logging.getLogger('validate')
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        self.exit(2, f'error: {message} (see --help)\n')
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--model', default='', help='timm model name, hf-hub:ORG/NAME or local-dir:PATH')
-    parser.add_argument('--checkpoint', default='', help='train.py checkpoint (its architecture is used)')
-    parser.add_argument('--use-ema', action='store_true', help="evaluate the checkpoint's EMA weights")
-    parser.add_argument('--data-dir', required=True, help="'digits', an ImageFolder root or a .tar of class folders")
-    parser.add_argument('--split', default='val')
-    parser.add_argument('--batch-size', type=int, default=128)
-    parser.add_argument('--workers', type=int, default=2)
-    parser.add_argument('--img-size', type=int, default=None, help="override the model's eval input size")
-    parser.add_argument('--crop-pct', type=float, default=None, help="override the model's crop_pct (224/256)")
-    parser.add_argument('--skip-bad-images', action='store_true')
-    parser.add_argument('--amp', action='store_true', help='bfloat16 autocast')
-    parser.add_argument('--device', default='auto')
-    parser.add_argument('--results-file', default='', help='where to write the JSON results')
-    args = parser.parse_args(argv)
-    if not args.model and not args.checkpoint:
-        parser.error('give --model, --checkpoint, or both')
-    return args
+    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    def opt(name: str, **kwargs) -> None:  # --data-dir and --data_dir
+        parser.add_argument(*dict.fromkeys((f'--{name}', f'--{name.replace("-", "_")}')), **kwargs)
+
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument('--checkpoint', default='', help='train.py checkpoint or export folder')
+    source.add_argument('--model', default='', help='timm model name, hf-hub:ORG/NAME or local-dir:PATH')
+    opt('use-ema', action='store_true', help="evaluate the checkpoint's EMA weights")
+    opt('data-dir', required=True, help="'digits', a folder with SPLIT/ or SPLIT.tar, or a .tar of class folders")
+    opt('split', default='val')
+    opt('batch-size', type=int, default=128)
+    opt('workers', type=int, default=2)
+    opt('img-size', type=int, default=None, help="override the model's eval input size")
+    opt('crop-pct', type=float, default=None, help="override the model's crop_pct")
+    opt('skip-bad-images', action='store_true', help='skip unreadable images (counted) instead of failing')
+    opt('amp', action='store_true', help='bfloat16 autocast')
+    opt('device', default='auto', help='auto, cpu, cuda, cuda:N or mps')
+    opt('results-file', default='', help='JSON results path')
+    opt('log-interval', type=int, default=50, help='progress line every N batches when stderr is not a terminal')
+    return parser.parse_args(argv)
+
+
+def check_args(args: argparse.Namespace) -> tuple[torch.device, Path]:
+    """Everything that can be wrong in the command line, checked before any work: (device, results file)."""
+    for flag, value, low in (('batch-size', args.batch_size, 1), ('workers', args.workers, 0),
+                             ('log-interval', args.log_interval, 0)):
+        if value < low:
+            raise ValueError(f'--{flag} {value}: must be >= {low}')
+    if args.use_ema and not args.checkpoint:
+        raise ValueError('--use-ema needs a --checkpoint trained with model_ema')
+    if args.model and not args.model.startswith(('hf-hub:', 'local-dir:')) and not timm.is_model(args.model):
+        close = difflib.get_close_matches(args.model, timm.list_models(), n=3)
+        raise ValueError(f'unknown --model {args.model!r}' + (f': did you mean {", ".join(close)}?' if close else ''))
+    ckpt = Path(args.checkpoint)
+    if args.results_file and not Path(args.results_file).parent.is_dir():
+        raise ValueError(f'--results-file {args.results_file}: folder {Path(args.results_file).parent} does not exist')
+    stem = re.sub(r'(\.pth)?\.(tar|pt|pth|safetensors)$', '', ckpt.name) if args.checkpoint else args.model
+    stem = re.sub(r'[^\w.-]+', '_', stem) + ('-ema' if args.use_ema else '')
+    results = args.results_file or (ckpt.parent if args.checkpoint else Path()) / f'validate-{stem}-{args.split}.json'
+    return resolve_device(args.device), Path(results)
 
 
 def create_model(args: argparse.Namespace, num_classes: int) -> torch.nn.Module:
-    """The model to evaluate: from a train.py checkpoint, or any timm source (incl. hf-hub:/local-dir:)."""
-    if args.checkpoint:
-        model, ckpt = create_model_from_checkpoint(args.checkpoint, use_ema=args.use_ema)
-        if args.model and args.model != ckpt['arch']:
-            raise ValueError(f'--model {args.model} but {args.checkpoint} holds a {ckpt["arch"]}: drop --model.')
-    else:
-        pretrained = args.model.startswith(('hf-hub:', 'local-dir:')) or bool(timm.list_pretrained(args.model))
-        model = timm.create_model(args.model, pretrained=pretrained)
-    if model.num_classes != num_classes:
-        raise ValueError(f'the model predicts {model.num_classes} classes but the {args.split} split of '
-                         f'{args.data_dir} has {num_classes}: evaluate it on data with the same classes.')
-    return model
+    """A timm model without checkpoint: its pretrained weights, else random weights (with a warning)."""
+    if args.model.startswith(('hf-hub:', 'local-dir:')) or timm.list_pretrained(args.model):
+        try:
+            return timm.create_model(args.model, pretrained=True)
+        except Exception as e:  # offline, unknown tag, missing folder, ...
+            raise ValueError(f'could not load the pretrained weights of {args.model}: {type(e).__name__}: '
+                             f'{str(e).strip()}'.splitlines()[0]) from None
+    _logger.warning(f'warning: {args.model} has no pretrained weights and no --checkpoint was given: evaluating '
+                    'RANDOM weights')
+    return timm.create_model(args.model, num_classes=num_classes)
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format='%(message)s')
     args = parse_args(argv)
-    device = torch.device('cuda' if args.device == 'auto' and torch.cuda.is_available() else
-                          'cpu' if args.device == 'auto' else args.device)
-    try:
-        dataset = create_image_dataset(args.data_dir, args.split, skip_bad_images=args.skip_bad_images)
-        model = create_model(args, dataset.num_classes).to(device)
-    except (ValueError, FileNotFoundError, ImportError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
-    overrides = {k: v for k, v in (('input_size', args.img_size and (3, args.img_size, args.img_size)),
-                                   ('crop_pct', args.crop_pct)) if v}
-    data_config = timm.data.resolve_data_config(overrides, model=model)
+    logging.basicConfig(level=logging.INFO, format='%(message)s')
+    device, results_file = check_args(args)
+    _logger.info(f'validate.py on {device}: {args.checkpoint or args.model}{" (EMA)" if args.use_ema else ""}, '
+                 f'{args.data_dir} [{args.split}]')
+    model, ckpt = create_model_from_checkpoint(args.checkpoint, args.use_ema) if args.checkpoint else (None, {})
+    dataset = create_image_dataset(args.data_dir, args.split, skip_bad_images=args.skip_bad_images)
+    model = create_model(args, dataset.num_classes) if model is None else model
+    if model.num_classes != dataset.num_classes or ckpt.get('label_names'):
+        check_same_classes(ckpt.get('label_names') or range(model.num_classes), dataset.classes,
+                           f'the {args.split} split of {args.data_dir}')
+
+    overrides = {'input_size': args.img_size and (3, args.img_size, args.img_size), 'crop_pct': args.crop_pct}
+    data_config = timm.data.resolve_data_config({k: v for k, v in overrides.items() if v}, model=model)
     dataset.transform = timm.data.create_transform(**data_config, is_training=False)
-    loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate_skip_bad)
-    _logger.info(f'{args.checkpoint or args.model} on {args.data_dir} [{args.split}]: {len(dataset)} images, '
-                 f'eval transform {data_config}')
+    loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate_skip_bad,
+                        pin_memory=device.type == 'cuda')
+    _logger.info(f'{len(dataset)} images, {dataset.num_classes} classes, eval transform {data_config}')
+    tty = sys.stderr.isatty()  # a tqdm bar on a terminal, else a progress line every --log-interval batches
+    if tty:
+        from tqdm import tqdm
+        loader = tqdm(loader, desc='validate', leave=False, dynamic_ncols=True)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if args.amp else contextlib.nullcontext
-    try:
-        metrics = evaluate(model, loader, device, autocast)
-    except BadImageError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
-    results = {'model': args.model or model.pretrained_cfg.get('architecture', ''), 'checkpoint': args.checkpoint,
-               'data_dir': str(args.data_dir), 'split': args.split, **metrics,
+    metrics = evaluate(model.to(device), loader, device, autocast, log_interval=0 if tty else args.log_interval)
+
+    results = {'model': ckpt.get('arch', args.model), 'checkpoint': args.checkpoint or None, 'use_ema': args.use_ema,
+               'data_dir': str(args.data_dir), 'split': args.split, 'device': str(device), **metrics,
                'img_size': data_config['input_size'][-1], 'crop_pct': data_config['crop_pct']}
-    default = Path(args.checkpoint).parent if args.checkpoint else Path('.')
-    results_file = Path(args.results_file or default / f'validate-{args.split}.json')
     results_file.write_text(json.dumps(results, indent=2) + '\n')
     print(f'top-1 {metrics["top1"]:.3f}%  top-5 {metrics["top5"]:.3f}%  loss {metrics["loss"]:.4f}  '
           f'({metrics["count"]} images) -> {results_file}')
     return 0
 
 
+def run(argv: list[str] | None = None) -> int:
+    """``main`` with bad input (incl. an unreadable image) as one ``error:`` line and exit 2; 130 when interrupted."""
+    try:
+        return main(argv)
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print('interrupted', file=sys.stderr)
+        return 130
+
+
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run())

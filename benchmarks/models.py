@@ -84,48 +84,45 @@ def main(argv: list[str] | None = None) -> int:
     params = {n: sum(p.numel() for p in m.parameters()) for n, m in models.items()}
     macs = {n: count_macs(m, 224 if not args.smoke else args.img_size) for n, m in models.items()}
 
-    train_ips: dict[str, list[float]] = {n: [] for n in names}
-    infer_ips: dict[str, list[float]] = {n: [] for n in names}
-    train_cpu: dict[str, list[float]] = {n: [] for n in names}  # CPU seconds per image (process_time)
-    infer_cpu: dict[str, list[float]] = {n: [] for n in names}
+    # wall-clock img/s and CPU seconds per image (process_time) per model, phase and repetition
+    keys = [(n, phase) for n in names for phase in ('train', 'infer')]
+    ips: dict[tuple[str, str], list[float]] = {k: [] for k in keys}
+    cpu: dict[tuple[str, str], list[float]] = {k: [] for k in keys}
+
+    def measure(n: str, phase: str, step) -> None:
+        tic, cpu_tic = time.perf_counter(), time.process_time()
+        for _ in range(args.steps):
+            step()
+        ips[n, phase].append(args.steps * args.batch_size / (time.perf_counter() - tic))
+        cpu[n, phase].append((time.process_time() - cpu_tic) / (args.steps * args.batch_size))
+
     for n, m in models.items():  # warm-up
-        m.train()
-        train_step(m, opts[n], x, y)
+        train_step(m.train(), opts[n], x, y)
     for rep in range(args.reps):
         for n, m in models.items():
             m.train()
-            tic, cpu = time.perf_counter(), time.process_time()
-            for _ in range(args.steps):
-                train_step(m, opts[n], x, y)
-            train_ips[n].append(args.steps * args.batch_size / (time.perf_counter() - tic))
-            train_cpu[n].append((time.process_time() - cpu) / (args.steps * args.batch_size))
+            measure(n, 'train', lambda m=m, n=n: train_step(m, opts[n], x, y))
             m.eval()
             with torch.no_grad():
                 m(x)
-                tic, cpu = time.perf_counter(), time.process_time()
-                for _ in range(args.steps):
-                    m(x)
-                infer_ips[n].append(args.steps * args.batch_size / (time.perf_counter() - tic))
-                infer_cpu[n].append((time.process_time() - cpu) / (args.steps * args.batch_size))
-        print(f'rep {rep + 1}/{args.reps}: ' + ', '.join(f'{n} {train_ips[n][-1]:.1f}/{infer_ips[n][-1]:.1f}'
+                measure(n, 'infer', lambda m=m: m(x))
+        print(f'rep {rep + 1}/{args.reps}: ' + ', '.join(f"{n} {ips[n, 'train'][-1]:.1f}/{ips[n, 'infer'][-1]:.1f}"
                                                        for n in names) + ' img/s (train/infer)', flush=True)
 
-    def rel(series: dict[str, list[float]], n: str, ref: str) -> list[float]:
-        return [a / b for a, b in zip(series[n], series[ref])]
-
-    def rel_cpu(series: dict[str, list[float]], n: str, ref: str) -> list[float]:  # speed = 1 / CPU cost
-        return [b / a for a, b in zip(series[n], series[ref])]
+    def rel(n: str, ref: str, phase: str) -> tuple[list[float], list[float]]:
+        """Per-repetition speed ratios n / ref: from img/s, and from CPU time (speed = 1 / CPU cost)."""
+        return ([a / b for a, b in zip(ips[n, phase], ips[ref, phase])],
+                [b / a for a, b in zip(cpu[n, phase], cpu[ref, phase])])
 
     ref = REFERENCE if REFERENCE in names else names[0]
     results, rows = [], []
     for n in names:
-        tr, inf = rel(train_ips, n, ref), rel(infer_ips, n, ref)
-        trc, infc = rel_cpu(train_cpu, n, ref), rel_cpu(infer_cpu, n, ref)
+        (tr, trc), (inf, infc) = rel(n, ref, 'train'), rel(n, ref, 'infer')
         r = {'model': n, 'train_rel_cpu': median(trc), 'infer_rel_cpu': median(infc), 'train_rel_cpu_all': trc,
              'infer_rel_cpu_all': infc, 'params_m': params[n] / 1e6, 'gmacs': macs[n] / 1e9,
-             'train_img_s': median(train_ips[n]),
-             'infer_img_s': median(infer_ips[n]), 'train_rel': median(tr), 'infer_rel': median(inf),
-             'train_rel_all': tr, 'infer_rel_all': inf, 'paper_top1': PAPER_TOP1.get(n)}
+             'train_img_s': median(ips[n, 'train']), 'infer_img_s': median(ips[n, 'infer']),
+             'train_rel': median(tr), 'infer_rel': median(inf), 'train_rel_all': tr, 'infer_rel_all': inf,
+             'paper_top1': PAPER_TOP1.get(n)}
         results.append(r)
         rows.append([n, f"{r['params_m']:.2f}", f"{r['gmacs']:.2f}", f"{r['train_img_s']:.2f}",
                      f"{r['train_rel']:.3f} ({spread(tr)})", f"{r['train_rel_cpu']:.3f} ({spread(trc)})",
@@ -137,8 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                             'infer rel. (CPU time)', 'paper top-1 (Table 5)'], rows)
     pair = None
     if all(p in names for p in TIMM_PAIR):
-        tr, inf = rel(train_ips, *TIMM_PAIR), rel(infer_ips, *TIMM_PAIR)
-        trc, infc = rel_cpu(train_cpu, *TIMM_PAIR), rel_cpu(infer_cpu, *TIMM_PAIR)
+        (tr, trc), (inf, infc) = rel(*TIMM_PAIR, 'train'), rel(*TIMM_PAIR, 'infer')
         pair = {'pair': list(TIMM_PAIR), 'train_ratio': median(tr), 'infer_ratio': median(inf),
                 'train_ratio_cpu': median(trc), 'infer_ratio_cpu': median(infc),
                 'train_ratio_all': tr, 'infer_ratio_all': inf,
@@ -147,8 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         table += (f'\n\n{TIMM_PAIR[0]} / timm {TIMM_PAIR[1]}: train {pair["train_ratio"]:.3f} ({spread(tr)}), '
                   f'inference {pair["infer_ratio"]:.3f} ({spread(inf)}); by CPU time: train '
                   f'{pair["train_ratio_cpu"]:.3f} ({spread(trc)}), inference {pair["infer_ratio_cpu"]:.3f} '
-                  f'({spread(infc)}); same params: {pair["same_params"]}, '
-                  f'same MACs: {pair["same_macs"]}.')
+                  f'({spread(infc)}); same params: {pair["same_params"]}, same MACs: {pair["same_macs"]}.')
     table += (f'\n\nbatch {args.batch_size} at {args.img_size}px, {torch.get_num_threads()} thread(s), {args.reps} '
               f'interleaved reps x {args.steps} step(s); relative = median of per-rep speed ratios (min..max), from '
               f'wall-clock img/s and from process CPU time per image (less sensitive to other load).')

@@ -1,54 +1,31 @@
-"""Section 3.2 "Low-precision training": a training step of a `_bot` model under autocast.
+"""Section 3.2 low-precision training: steps under autocast with the paper's loss, as timm's train.py runs them.
 
-As timm's train.py does it: ``torch.autocast(device_type, dtype)`` around the forward and loss; for float16 the
-loss is scaled by ``timm.utils.NativeScaler`` (``torch.amp.GradScaler``), for bfloat16 no scaler is used (bfloat16
-has float32's exponent range, so gradients do not underflow). Parameters, gradients and optimizer state stay in
-float32 -- the paper's "FP32 copy of the parameters" for the update.
+bfloat16 needs no loss scaling (float32's exponent range); float16 uses ``timm.utils.NativeScaler``. Parameters,
+gradients and optimizer state stay float32 (the paper's FP32 master copy).
 """
 import pytest
 import timm
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 from timm.utils import NativeScaler
 
-import timm_bot  # noqa: F401  (registers the *_bot models)
-from timm_bot.optim import create_paper_optimizer
+from timm_bot.distill import DistillationLoss
+from timm_bot.loss import SmoothedCrossEntropy
 
-STEPS = 6
-
-
-@pytest.fixture
-def one_thread():
-    """CPU autocast kernels on a tiny model are fastest (and far less sensitive to a busy machine) single-threaded."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+NARROW = dict(num_classes=10, layers=(1, 1, 1, 1), stem_width=8, channels=(8, 16, 32, 64))
 
 
-def _tiny_model() -> nn.Module:
-    """resnet18d_tiny_bot narrowed further (same ResNet-D blocks and init) so that CPU bfloat16 stays fast."""
+def _train(device: str, dtype: torch.dtype, scaler: NativeScaler | None = None, steps: int = 6) -> list[float]:
     torch.manual_seed(0)
-    return timm.create_model('resnet18d_tiny_bot', num_classes=10, layers=(1, 1, 1, 1), stem_width=8,
-                             channels=(8, 16, 32, 64))
-
-
-def _batch(device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    model = timm.create_model('resnet18d', **NARROW).to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
     g = torch.Generator().manual_seed(1)
-    return torch.randn(8, 3, 16, 16, generator=g).to(device), torch.arange(8).to(device)
-
-
-def _train(model: nn.Module, device: str, dtype: torch.dtype, scaler: NativeScaler | None) -> list[float]:
-    model.to(device).train()
-    opt = create_paper_optimizer(model, lr=0.1, weight_decay=1e-4)
-    x, y = _batch(device)
-    losses = []
-    for _ in range(STEPS):
+    x, y = torch.randn(8, 3, 16, 16, generator=g).to(device), torch.arange(8).to(device)
+    criterion, losses = SmoothedCrossEntropy(0.1), []
+    for _ in range(steps):
         with torch.autocast(device, dtype=dtype):
             logits = model(x)
-            loss = F.cross_entropy(logits, y)
-        assert logits.dtype == dtype  # the convolutions really ran in low precision
+            loss = criterion(logits, y)
+        assert logits.dtype == dtype and loss.dtype == torch.float32
         opt.zero_grad()
         if scaler is None:
             loss.backward()
@@ -57,19 +34,32 @@ def _train(model: nn.Module, device: str, dtype: torch.dtype, scaler: NativeScal
             scaler(loss, opt)
         losses.append(loss.item())
     assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in model.parameters())
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < 0.7 * losses[0], losses
     return losses
 
 
-def test_bf16_autocast_cpu_lowers_loss(one_thread: None) -> None:
-    losses = _train(_tiny_model(), 'cpu', torch.bfloat16, scaler=None)
-    assert all(torch.isfinite(torch.tensor(losses)))
-    assert losses[-1] < 0.7 * losses[0], losses
+def test_bf16_autocast_cpu_lowers_loss() -> None:
+    _train('cpu', torch.bfloat16)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason='FP16 with loss scaling is tested on CUDA')
+def test_bf16_distillation_teacher_runs_in_low_precision() -> None:
+    torch.manual_seed(0)
+    teacher, student = timm.create_model('resnet18d', **NARROW), timm.create_model('resnet18d', **NARROW)
+    dtypes = []
+    teacher.fc.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    stats = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    loss_fn = DistillationLoss(teacher, SmoothedCrossEntropy(0.1), 20.0, *stats, *stats)
+    x = torch.randn(4, 3, 16, 16)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        loss = loss_fn(student(x), x, torch.arange(4))
+    loss.backward()
+    assert dtypes == [torch.bfloat16] and loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in student.parameters())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='float16 with loss scaling is tested on CUDA')
 def test_fp16_loss_scaling_cuda_lowers_loss() -> None:
     scaler = NativeScaler(device='cuda')
-    losses = _train(_tiny_model(), 'cuda', torch.float16, scaler=scaler)
-    assert all(torch.isfinite(torch.tensor(losses)))
-    assert losses[-1] < 0.7 * losses[0], losses
+    _train('cuda', torch.float16, scaler)
     assert scaler.state_dict()['scale'] > 1.0  # the loss really was scaled

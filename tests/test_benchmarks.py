@@ -19,7 +19,7 @@ def bench():
     """Import the benchmark scripts (they import their helpers from their own folder)."""
     sys.path.insert(0, str(BENCH))
     import importlib
-    mods = {n: importlib.import_module(n) for n in ('loss', 'models', 'pipeline', 'ablation', '_common')}
+    mods = {n: importlib.import_module(n) for n in ('models', 'pipeline', 'ablation', '_common')}
     yield mods
     sys.path.remove(str(BENCH))
 
@@ -30,22 +30,6 @@ def _positive(x) -> bool:
 
 def _machine_ok(m: dict) -> None:
     assert m['cores'] >= 1 and m['torch'] and m['timm'] and m['cpu'] and m['date']
-
-
-def test_loss_smoke(bench, tmp_path):
-    out = tmp_path / 'loss.json'
-    assert bench['loss'].main(['--smoke', '--threads', '0', '--out', str(out)]) == 0
-    res = json.loads(out.read_text())
-    _machine_ok(res['machine'])
-    cases = {r['case']: r for r in res['results']}
-    assert set(cases) == {'mixup+ls', 'ls', 'distill_T20'}
-    for r in cases.values():
-        for key in ('ours_ms', 'timm_ms', 'speedup', 'ours_peak_bytes', 'timm_peak_bytes', 'memory_ratio'):
-            assert _positive(r[key]), (r['case'], key, r[key])
-    # Deterministic part (allocations, not time): issue 6's memory target, <= 0.25x timm's dense-target path.
-    assert cases['mixup+ls']['memory_ratio'] <= 0.25
-    assert _positive(res['floor_ce']['ms']) and _positive(res['floor_ce']['peak_bytes'])
-    assert '| mixup+ls |' in res['table']
 
 
 def test_models_smoke(bench, tmp_path):
@@ -88,40 +72,102 @@ def test_pipeline_parses_train_log(bench):
     assert bench['pipeline'].EPOCH_RE.findall(line) == [('2', '2', '458')]
 
 
-def test_ablation_ladder_is_cumulative(bench):
+def test_ablation_statistics(bench):
+    """mean ± std, SE of the difference of means (Welch) and the 2 SE verdict, on hand-made numbers."""
     abl = bench['ablation']
-    p = abl.PRESETS['cpu']
-    hp = {row: abl.row_hparams(row, p, 'T.pth.tar') for row in abl.LADDER + abl.EXTRA + (abl.TEACHER,)}
-    base = hp['baseline']
-    assert base['model'] == 'resnet26_tiny_bot' and base['sched'] == 'step' and not base['zero_init_last']
-    assert not base['no_bias_decay'] and base['warmup_epochs'] == 0 and base['smoothing'] == 0
-    assert base['lr'] is None and base['batch_size'] == p.small_batch  # linear scaling from lr_base
-    assert hp['efficient']['batch_size'] == p.large_batch and hp['efficient']['zero_init_last']
-    assert [hp[r]['model'] for r in ('resnet_b', 'resnet_c', 'resnet_d', 'distill')] == [
-        'resnet26b_tiny_bot', 'resnet26c_tiny_bot', 'resnet26d_tiny_bot', 'resnet26d_tiny_bot']
-    assert hp['cosine']['sched'] == 'cosine' and hp['label_smoothing']['smoothing'] == 0.1
-    assert hp['mixup']['mixup'] == 0.2 and 'teacher' not in hp['mixup']
-    assert hp['distill']['teacher'] == 'T.pth.tar' and hp['distill']['mixup'] == 0.2
-    assert hp['distill_no_mixup']['mixup'] == 0 and hp['distill_no_mixup']['teacher'] == 'T.pth.tar'
-    assert hp['teacher']['epochs'] == p.epochs * p.teacher_epochs_factor and 'teacher' not in hp['teacher']
-    # every key is a real train.py key
-    from timm_bot.hparams import load_hparams
-    load_hparams(None, {k: v for k, v in hp['cosine'].items() if k != 'data_dir'})
+    s = abl.summarize([1.0, 2.0, 3.0])
+    assert s['n'] == 3 and s['mean'] == pytest.approx(2.0) and s['std'] == pytest.approx(1.0)
+    assert abl.summarize([5.0])['std'] is None and abl.summarize([])['mean'] is None
+    c = abl.compare([4.0, 5.0, 6.0], [1.0, 2.0, 3.0])  # delta 3, SE sqrt(1/3 + 1/3) = 0.816
+    assert c['delta'] == pytest.approx(3.0) and c['se'] == pytest.approx(math.sqrt(2 / 3)) and c['outside'] is True
+    c = abl.compare([2.0, 3.0, 4.0], [1.0, 2.0, 3.0])  # delta 1 < 2 SE = 1.63
+    assert c['outside'] is False and abl.verdict(c) == 'inside noise'
+    assert c['seeds_needed'] == 8  # 2 sqrt(2 / n) < 1  <=>  n > 8
+    c = abl.compare([10.0, 10.5, 9.5, 10.0], [8.0, 8.5])  # Welch, unequal n: SE = sqrt(0.1667/4 + 0.125/2)
+    assert c['se'] == pytest.approx(math.sqrt(1 / 6 / 4 + 0.125 / 2)) and c['outside'] is True
+    assert abl.verdict(c) == '**outside noise**'
+    c = abl.compare([40.0], [30.0, 31.0])  # one seed: a delta but no verdict
+    assert c['delta'] == pytest.approx(9.5) and c['se'] is None and abl.verdict(c) == 'n/a (< 2 seeds)'
+    assert abl.compare([], [1.0, 2.0])['delta'] is None
+
+
+def test_ablation_recipes_are_cumulative(bench):
+    """Each ladder row = the previous row + its own change (resolved exactly as train.py resolves them)."""
+    abl = bench['ablation']
+
+    def hp(run):
+        args = ['--hparams', *run.files, '--data_dir', 'digits', '--seed', str(run.seed)]
+        return abl.resolve(args + (['--model', run.model] if run.model else []) + (['--teacher', 'T'] if run.distill
+                                                                                    else []))
+
+    rows = {r.name: hp(abl.ladder_run(r.name, 42)) for r in abl.LADDER + abl.OPTIONAL + (abl.TEACHER,)}
+    base = rows['baseline']
+    assert base['model'] == 'resnet26_tiny_bot' and base['sched'] == 'step' and base['decay_milestones'] == [2, 4, 6]
+    assert base['batch_size'] == 32 and base['lr'] is None and base['img_size'] == 32 and base['epochs'] == 8
+    assert not base['zero_init_last'] and not base['no_bias_decay'] and base['warmup_epochs'] == 0
+    assert base['smoothing'] == 0 and base['mixup'] == 0 and base['teacher'] is None
+
+    def diff(a, b):
+        return {k for k in rows[a] if rows[a][k] != rows[b][k]}
+
+    expected = {'efficient': {'batch_size', 'warmup_epochs', 'zero_init_last', 'no_bias_decay'},
+                'resnet_b': {'model'}, 'resnet_c': {'model'}, 'resnet_d': {'model'}, 'cosine': {'sched'},
+                'label_smoothing': {'smoothing'}, 'mixup': {'mixup'}, 'distill': {'teacher'}}
+    for row in abl.LADDER[1:]:
+        assert diff(row.name, row.prev) == expected[row.name], row.name
+    assert diff('mixup_long', 'mixup') == {'epochs'} and rows['mixup_long']['epochs'] == 16
+    assert diff('distill_no_mixup', 'label_smoothing') == {'teacher'}
+    assert diff('teacher', 'label_smoothing') == {'epochs'} and rows['teacher']['model'] == 'resnet26d_tiny_bot'
+    assert [rows[r]['model'] for r in ('resnet_b', 'resnet_c', 'resnet_d')] == [
+        'resnet26b_tiny_bot', 'resnet26c_tiny_bot', 'resnet26d_tiny_bot']
+    # Table 7: the baseline recipe is the ladder's baseline on another model; refined (+ distill) on resnet26d is
+    # the ladder's mixup (distill) row, so the runner runs it once.
+    t7 = {r.name: hp(abl.table7_run(r.name, 'resnet26d_tiny_bot', 42)) for r in abl.T7}
+    assert {k for k in base if base[k] != t7['baseline'][k]} == {'model'}
+    assert t7['refined'] == rows['mixup'] and t7['refined_distill'] == rows['distill']
+
+
+def test_ablation_plan(bench):
+    abl = bench['ablation']
+    args = abl.parse_args(['--preset', 'smoke', '--ladder', 'baseline,distill', '--archs', 'convnext_atto'])
+    runs = abl.plan(args, [42, 43])
+    keys = [r.key for r in runs]
+    assert keys[:3] == ['ladder/baseline/resnet26_tiny_bot/42', 'ladder/teacher/resnet26d_tiny_bot/42',
+                        'ladder/distill/resnet26d_tiny_bot/42']  # the teacher right before its first student
+    assert keys.count('ladder/teacher/resnet26d_tiny_bot/42') == 1 and len(keys) == 2 * (2 + 3) + 1
+    assert keys[-1] == 'table7/refined_distill/convnext_atto/43'  # seed-major: every cell of seed 42 first
+    with pytest.raises(SystemExit, match='unknown'):
+        abl.plan(abl.parse_args(['--ladder', 'cosine,nope']), [42])
 
 
 @pytest.mark.slow
-def test_ablation_smoke(bench, shared_data, tmp_path):
-    argv = ['--preset', 'smoke', '--rows', 'baseline', '--train-per-class', '5', '--val-per-class', '2',
-            '--output', str(tmp_path / 'abl'), '--results-dir', str(tmp_path / 'results')]
-    assert bench['ablation'].main(argv) == 0
+def test_ablation_smoke(bench, shared_data, tmp_path, capsys):
+    """One ladder row and one Table 7 cell, 1 seed, on a tiny subset; then resume and report."""
+    abl = bench['ablation']
+    argv = ['--preset', 'smoke', '--ladder', 'baseline', '--table7', 'baseline', '--archs', 'mobilenetv3_small_050',
+            '--seeds', '42', '--train-per-class', '5', '--val-per-class', '2', '--output', str(tmp_path / 'abl'),
+            '--results-dir', str(tmp_path / 'results')]
+    assert abl.main(argv) == 0
     root = tmp_path / 'abl' / 'smoke'
     res = json.loads((root / 'results.json').read_text())
-    row = res['rows']['baseline']
-    assert row['status'] == 'done' and 0 <= row['top1'] <= 100 and row['epochs_done'] == 1
-    assert res['data']['n_train'] == 50 and res['data']['n_val'] == 20
+    assert set(res['runs']) == {'ladder/baseline/resnet26_tiny_bot/42', 'table7/baseline/mobilenetv3_small_050/42'}
+    for r in res['runs'].values():
+        assert r['status'] == 'done' and 0 <= r['top1'] <= 100 and r['epochs'] == 1
+        assert r['command'].startswith('python train.py --hparams benchmarks/recipes/ladder_base.yaml')
+    assert res['runs']['table7/baseline/mobilenetv3_small_050/42']['hparams']['model'] == 'mobilenetv3_small_050'
+    assert res['data']['n_train'] == 50 and res['data']['n_val'] == 20 and res['pending'] == []
     md = (root / 'ablation.md').read_text()
-    assert '| baseline |' in md and 'pending' in md and '75.87' in md
-    assert (root / 'ablation.png').stat().st_size > 0
-    assert (tmp_path / 'results' / 'ablation_smoke.md').is_file()
-    # A second call skips the done row (resume) and still writes the report.
-    assert bench['ablation'].main(argv) == 0
+    assert '| baseline |' in md and 'pending' in md and '75.87' in md and '| mobilenetv3_small_050 |' in md
+    assert '69.03' in md  # the paper's MobileNet baseline beside ours
+    assert (root / 'ablation.png').stat().st_size > 0 and (tmp_path / 'results' / 'ablation_smoke.md').is_file()
+    # A second call trains nothing: both runs are done.
+    capsys.readouterr()
+    assert abl.main(argv) == 0
+    assert '0 to train' in capsys.readouterr().out
+    # An interrupted run (checkpoint on disk, not in results.json) is continued with train.py --resume.
+    del res['runs']['ladder/baseline/resnet26_tiny_bot/42']
+    (root / 'results.json').write_text(json.dumps(res))
+    assert abl.main(argv) == 0
+    out = capsys.readouterr().out
+    assert 'train.py --resume' in out and '1 to train' in out
+    assert 'nothing to do' in (root / 'logs' / 'ladder-baseline-resnet26_tiny_bot-s42.log').read_text()

@@ -14,99 +14,63 @@ ETA = 0.4
 
 
 def _optimizer(lr: float = ETA) -> torch.optim.Optimizer:
-    """Two param groups (no-bias-decay), like training: both must follow the schedule."""
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(2))
-    model(torch.zeros(1, 3, 5, 5))
-    return create_paper_optimizer(model, lr=lr)
+    """Two param groups (no bias decay), as in training: both must follow the schedule."""
+    return create_paper_optimizer(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)), lr=lr)
 
 
-def _drive(sched, opt: torch.optim.Optimizer, num_batches: int) -> list[float]:
-    """lr of batches 1..num_batches with the documented loop: step_update(global_step) after each update."""
+def _drive(sched, opt: torch.optim.Optimizer, num_batches: int) -> torch.Tensor:
+    """lr of batches 1..num_batches with train.py's loop: step_update(num_updates) after each update."""
     lrs = []
     for step in range(1, num_batches + 1):
-        group_lrs = {g['lr'] for g in opt.param_groups}
-        assert len(group_lrs) == 1
-        lrs.append(group_lrs.pop())
+        assert opt.param_groups[0]['lr'] == opt.param_groups[1]['lr']
+        lrs.append(opt.param_groups[0]['lr'])
         opt.step()
         sched.step_update(num_updates=step)
-    return lrs
+    return torch.tensor(lrs, dtype=torch.float64)
 
 
-def _paper_cosine(i: int, m: int, total: int) -> float:
+def _paper(i: int, m: int, total: int, per_epoch: int, milestones=None) -> float:
+    """Batch i (1-based): warmup i * eta / m (3.1), then cosine (5.1) or / 10 after each milestone epoch (2)."""
     if i <= m:
         return i * ETA / m
-    return 0.5 * (1 + math.cos((i - m) * math.pi / (total - m))) * ETA
+    if milestones is None:
+        return 0.5 * (1 + math.cos((i - m) * math.pi / (total - m))) * ETA
+    return ETA * 0.1 ** sum(i > d * per_epoch for d in milestones)
 
 
-def _paper_step(i: int, m: int, per_epoch: int, decay_epochs=(30, 60, 90)) -> float:
-    if i <= m:
-        return i * ETA / m
-    return ETA * 0.1 ** sum(i > d * per_epoch for d in decay_epochs)
+def _expected(m: int, total: int, per_epoch: int, milestones=None) -> torch.Tensor:
+    return torch.tensor([_paper(i, m, total, per_epoch, milestones) for i in range(1, total + 1)], dtype=torch.float64)
 
 
-def test_cosine_with_warmup_matches_formulas() -> None:
-    epochs, per_epoch, warmup_epochs = 6, 10, 2
-    m, total = 20, 60
+@pytest.mark.parametrize('epochs, per_epoch, warmup_epochs', [(6, 10, 2), (4, 5, 0), (3, 10, 0.5)])
+def test_warmup_cosine(epochs, per_epoch, warmup_epochs):
     opt = _optimizer()
+    total, m = epochs * per_epoch, warmup_updates(warmup_epochs, per_epoch)
     lrs = _drive(create_paper_scheduler(opt, 'cosine', epochs, per_epoch, warmup_epochs=warmup_epochs), opt, total)
-    # lrs[i - 1] is batch i
-    assert lrs[0] == pytest.approx(ETA / m)  # first warmup batch: eta/m, not 0
-    assert lrs[9] == pytest.approx(ETA / 2)  # middle of warmup
-    assert lrs[m - 1] == pytest.approx(ETA)  # last warmup batch reaches eta
-    assert lrs[m] == pytest.approx(0.5 * (1 + math.cos(math.pi / 40)) * ETA)  # t = 1
-    assert lrs[m + 20 - 1] == pytest.approx(ETA / 2)  # t = T/2
-    assert lrs[-1] == pytest.approx(0.0, abs=1e-12)  # t = T, last batch
-    assert lrs == pytest.approx([_paper_cosine(i, m, total) for i in range(1, total + 1)])
-    assert all(a >= b for a, b in zip(lrs[m - 1:], lrs[m:]))  # monotone after warmup
+    torch.testing.assert_close(lrs, _expected(m, total, per_epoch), rtol=1e-9, atol=1e-12)
+    if m:
+        assert lrs[0] == pytest.approx(ETA / m) and lrs[m - 1] == pytest.approx(ETA)  # eta/m first, not 0
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12)
 
 
-def test_cosine_without_warmup() -> None:
-    opt = _optimizer()
-    lrs = _drive(create_paper_scheduler(opt, 'cosine', 4, 5), opt, 20)
-    assert lrs == pytest.approx([_paper_cosine(i, 0, 20) for i in range(1, 21)], abs=1e-12)
-
-
-def test_fractional_warmup_epochs() -> None:
-    assert warmup_updates(0.5, 7) == 4 and warmup_updates(5, 100) == 500
-    opt = _optimizer()
-    lrs = _drive(create_paper_scheduler(opt, 'cosine', 3, 10, warmup_epochs=0.5), opt, 30)
-    assert lrs == pytest.approx([_paper_cosine(i, 5, 30) for i in range(1, 31)])
-
-
-def test_step_decay_at_epochs_30_60_90() -> None:
+def test_step_decay_at_epochs_30_60_90():
     per_epoch, epochs = 2, 120
     opt = _optimizer()
     lrs = _drive(create_paper_scheduler(opt, 'step', epochs, per_epoch), opt, epochs * per_epoch)
-    assert lrs[0] == pytest.approx(ETA)
-    # Epoch e (0-based) holds batches e*U+1 .. (e+1)*U. Epoch 29's last batch vs epoch 30's first batch, etc.
-    for d, k in ((30, 1), (60, 2), (90, 3)):
-        assert lrs[d * per_epoch - 1] == pytest.approx(ETA * 0.1 ** (k - 1))
-        assert lrs[d * per_epoch] == pytest.approx(ETA * 0.1 ** k)
-    assert lrs[-1] == pytest.approx(ETA * 1e-3)
-    assert lrs == pytest.approx([_paper_step(i, 0, per_epoch) for i in range(1, epochs * per_epoch + 1)])
+    torch.testing.assert_close(lrs, _expected(0, epochs * per_epoch, per_epoch, (30, 60, 90)), rtol=1e-9, atol=0)
+    for k, d in enumerate((30, 60, 90)):  # the last batch of epoch d-1 vs the first of epoch d (0-based epochs)
+        assert (lrs[d * per_epoch - 1], lrs[d * per_epoch]) == pytest.approx((ETA * 0.1 ** k, ETA * 0.1 ** (k + 1)))
 
 
-def test_step_decay_with_warmup_and_custom_epochs() -> None:
-    per_epoch = 3
+def test_step_decay_with_warmup():
     opt = _optimizer()
-    sched = create_paper_scheduler(opt, 'step', 12, per_epoch, warmup_epochs=2, decay_epochs=(8, 4), decay_rate=0.1)
-    lrs = _drive(sched, opt, 36)
-    assert lrs[:6] == pytest.approx([i * ETA / 6 for i in range(1, 7)])
-    assert lrs == pytest.approx([_paper_step(i, 6, per_epoch, (4, 8)) for i in range(1, 37)])
-
-
-def test_epoch_step_is_a_no_op() -> None:
-    opt = _optimizer()
-    sched = create_paper_scheduler(opt, 'cosine', 3, 10, warmup_epochs=1)
-    sched.step_update(num_updates=4)
-    lr = opt.param_groups[0]['lr']
-    sched.step(1)
-    assert opt.param_groups[0]['lr'] == lr == pytest.approx(5 * ETA / 10)
+    lrs = _drive(create_paper_scheduler(opt, 'step', 12, 3, warmup_epochs=2, decay_milestones=(4, 8)), opt, 36)
+    torch.testing.assert_close(lrs, _expected(6, 36, 3, (4, 8)), rtol=1e-9, atol=0)
 
 
 @pytest.mark.parametrize('sched_name', ['cosine', 'step'])
-def test_state_dict_round_trip(sched_name: str) -> None:
-    """Resume: load state into a scheduler created with other settings, then step_update(global_step)."""
+def test_resume_from_state_dict(sched_name):
+    """Load the state into a scheduler created with other settings, step_update(global_step): same lrs onwards."""
     epochs, per_epoch, stop = 100, 3, 95
     opt_a = _optimizer()
     sched_a = create_paper_scheduler(opt_a, sched_name, epochs, per_epoch, warmup_epochs=5)
@@ -116,25 +80,21 @@ def test_state_dict_round_trip(sched_name: str) -> None:
     buf.seek(0)
     opt_b = _optimizer(lr=1.0)
     sched_b = create_paper_scheduler(opt_b, sched_name, 7, 1)
-    sched_b.load_state_dict(torch.load(buf, weights_only=False))
-    sched_b.step_update(num_updates=stop)
-    assert opt_b.param_groups[0]['lr'] == pytest.approx(opt_a.param_groups[0]['lr'])
-    for step in range(stop + 1, epochs * per_epoch + 1):
+    sched_b.load_state_dict(torch.load(buf, weights_only=True))
+    for step in range(stop, epochs * per_epoch + 1):
         sched_a.step_update(num_updates=step)
         sched_b.step_update(num_updates=step)
-        assert opt_b.param_groups[0]['lr'] == pytest.approx(opt_a.param_groups[0]['lr'])
+        assert opt_b.param_groups[0]['lr'] == opt_a.param_groups[0]['lr']
+    sched_b.step(3)  # per-epoch step is a no-op
+    assert opt_b.param_groups[0]['lr'] == opt_a.param_groups[0]['lr']
 
 
-def test_invalid_arguments() -> None:
+def test_invalid_arguments_and_why_timm_is_subclassed():
     opt = _optimizer()
     with pytest.raises(ValueError):
         create_paper_scheduler(opt, 'poly', 10, 10)
     with pytest.raises(ValueError):
         create_paper_scheduler(opt, 'cosine', 2, 10, warmup_epochs=2)
-
-
-def test_plain_timm_warmup_starts_at_zero() -> None:
-    """Why the schedulers are subclassed: timm's own warmup gives the first batch lr 0, the paper eta/m."""
-    opt = _optimizer()
+    # timm's own warmup gives the first batch lr 0; the paper gives it eta / m
     CosineLRScheduler(opt, t_initial=10, warmup_t=4, warmup_lr_init=0.0, warmup_prefix=True, t_in_epochs=False)
     assert opt.param_groups[0]['lr'] == 0.0

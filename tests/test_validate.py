@@ -1,84 +1,165 @@
-"""End-to-end validate.py on checkpoints written by train.py (issue 4): the numbers training logged for the saved
-checkpoint, and clear errors for data that does not fit the model.
+"""validate.py as a user runs it (a subprocess), on checkpoints built here without train.py: the metrics of the saved
+weights, result files named after the checkpoint, labels compared, and one-line exit-2 errors before any work.
 
-The three invocations run through ``Scripts.run_many`` (one subprocess importing torch/timm once, a forked child per
-invocation executing validate.py as ``__main__``, see conftest._ZYGOTE).
+All invocations start together (one torch thread each) and are checked afterwards: the cost is mostly imports.
 """
 import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
-from conftest import Case, read_summary
+import timm
+import timm.data
+import torch
+from helpers_data import write_image_folder
+from torch.utils.data import DataLoader
 
-pytest.importorskip('sklearn', reason='the end-to-end runs use the embedded digits (scikit-learn)')
+from timm_bot.checkpoint import create_model_from_checkpoint, save_checkpoint
+from timm_bot.data import collate_skip_bad, create_image_dataset
+from timm_bot.evaluate import evaluate
+
+pytest.importorskip('sklearn', reason='the data is written from the embedded digits (scikit-learn)')
 pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+LABELS = [str(i) for i in range(10)]
+DATA_CONFIG = {'input_size': [3, 32, 32], 'crop_pct': 1.0, 'interpolation': 'bilinear',
+               'mean': [0.485, 0.456, 0.406], 'std': [0.229, 0.224, 0.225], 'crop_mode': 'center'}
+
+
+@dataclass
+class Run:
+    rc: int
+    out: str
+    err: str
+
+    @property
+    def error_lines(self) -> list[str]:
+        return [line for line in self.err.splitlines() if line.startswith('error: ')]
+
+
+def _write_checkpoint(path: Path) -> None:
+    """A checkpoint in train.py's format: random resnet18d_tiny_bot weights, and different EMA weights."""
+    torch.manual_seed(0)
+    model = timm.create_model('resnet18d_tiny_bot', num_classes=10)
+    ema = {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    save_checkpoint({'arch': 'resnet18d_tiny_bot', 'model_args': {}, 'source': None, 'num_classes': 10,
+                     'label_names': LABELS, 'state_dict': model.state_dict(), 'state_dict_ema': ema,
+                     'data_config': DATA_CONFIG, 'args': {}, 'epoch': 1, 'batch_in_epoch': 0, 'global_step': 10,
+                     'best': {'top1': 10.0, 'epoch': 0}, 'history': [], 'version': 1}, path)
+    timm.models.save_for_hf(model, path.parent / 'export', model_config={'label_names': LABELS},
+                            data_config=DATA_CONFIG, safe_serialization=True)
+
+
+def _reference(ckpt: Path, use_ema: bool, data: Path) -> dict:
+    """What validate.py must report: evaluate() in this process on the checkpoint's own eval preprocessing."""
+    model, _ = create_model_from_checkpoint(ckpt, use_ema)
+    transform = timm.data.create_transform(**timm.data.resolve_data_config(model=model))
+    loader = DataLoader(create_image_dataset(data, 'val', transform), batch_size=64, collate_fn=collate_skip_bad)
+    return evaluate(model, loader, torch.device('cpu'))
 
 
 @pytest.fixture(scope='module')
-def validations(scripts, shared_results, baseline_run, ddp_run, ddp_data) -> dict:
-    """name -> (ScriptResult, results JSON path), computed once per session (also under xdist)."""
-    return shared_results('validations', lambda root: _validate_all(scripts, root, baseline_run, ddp_run, ddp_data))
-
-
-def _validate_all(scripts, root, baseline_run, ddp_run, ddp_data) -> dict:
-    from timm_bot.data import write_image_folder
-
-    five = root / 'five'  # only 5 of the 10 digit classes
-    split = write_image_folder(five, split='val', limit_per_class=2)
+def runs(tmp_path_factory) -> tuple[Path, dict[str, Run]]:
+    tmp = tmp_path_factory.mktemp('validate')
+    ckpt = tmp / 'run' / 'last.pth.tar'
+    _write_checkpoint(ckpt)
+    small = write_image_folder(tmp / 'small', split='val', limit_per_class=3).parent  # 30 images
+    five = write_image_folder(tmp / 'five', split='val', limit_per_class=1)  # classes 0-4 only
     for cls in '56789':
-        for f in (split / cls).iterdir():
-            f.unlink()
-        (split / cls).rmdir()
-    cases = {
-        'baseline': (baseline_run / 'last.pth.tar', 'digits'),
-        'ddp': (ddp_run[0] / 'last.pth.tar', ddp_data),
-        'mismatch': (baseline_run / 'last.pth.tar', five),
+        shutil.rmtree(five / cls)
+    letters = write_image_folder(tmp / 'letters', split='val', limit_per_class=1)  # 10 classes, other names
+    for cls in LABELS:
+        (letters / cls).rename(letters / 'abcdefghij'[int(cls)])
+    (tmp / 'hparams.yaml').write_text('model: resnet18d_tiny_bot\nlr: 0.1\n')
+    none = tmp / 'absent'  # bad input must be refused before the checkpoint or the data is even looked for
+    named = {  # results file named by validate.py
+        'ckpt': ['--checkpoint', ckpt, '--data_dir', small, '--batch_size', 8, '--log_interval', 1],
+        'ema': ['--checkpoint', ckpt, '--use-ema', '--data-dir', small],
+        'export': ['--checkpoint', tmp / 'run' / 'export', '--data-dir', small],
+        'results_dir': ['--checkpoint', none, '--data-dir', none, '--results-file', tmp / 'missing' / 'r.json'],
     }
-    results = scripts.run_many([Case(['--checkpoint', ckpt, '--data-dir', data, '--workers', '0', '--results-file',
-                                      root / f'{name}.json'], script='validate.py')
-                                for name, (ckpt, data) in cases.items()], root / 'logs')
-    return {name: (res, root / f'{name}.json') for name, res in zip(cases, results)}
+    cases = {  # --results-file NAME.json
+        'random': ['--model', 'resnet18d_tiny_bot', '--data-dir', five.parent],
+        'five': ['--checkpoint', ckpt, '--data-dir', five.parent],
+        'letters': ['--checkpoint', ckpt, '--data-dir', letters.parent],
+        'unknown_model': ['--model', 'resnet18dd', '--data-dir', none],
+        'batch0': ['--checkpoint', none, '--data-dir', none, '--batch-size', 0],
+        'yaml': ['--checkpoint', tmp / 'hparams.yaml', '--data-dir', none],
+        'cuda': ['--checkpoint', none, '--data-dir', none, '--device', 'cuda'],
+        'gpu': ['--checkpoint', none, '--data-dir', none, '--device', 'gpu'],
+    }
+    cases = {**named, **{name: [*argv, '--results-file', tmp / f'{name}.json'] for name, argv in cases.items()}}
+    env = {**os.environ, 'CUDA_VISIBLE_DEVICES': '', 'OMP_NUM_THREADS': '1', 'HF_HUB_OFFLINE': '1'}
+    procs = {}
+    for name, argv in cases.items():  # stdout/stderr to files: not a tty, and no pipe to fill up
+        with open(tmp / f'{name}.out', 'w') as out, open(tmp / f'{name}.err', 'w') as err:
+            procs[name] = subprocess.Popen([sys.executable, 'validate.py', '--workers', '0', *map(str, argv)],
+                                           cwd=REPO, env=env, stdout=out, stderr=err)
+    return tmp, {name: Run(p.wait(timeout=600), (tmp / f'{name}.out').read_text(), (tmp / f'{name}.err').read_text())
+                 for name, p in procs.items()}
 
 
-def _same_metrics(metrics: dict, row: dict) -> dict:
-    """Differences between validate.py's JSON and a summary.csv row: same number of top-1/top-5 hits (evaluate()
-    accumulates float32 percentages, so the percentages agree to ~1e-6 only) and the same mean loss (rel 1e-5)."""
-    count, diff = metrics['count'], {}
-    for k in ('top1', 'top5'):
-        if round(metrics[k] * count / 100) != round(float(row[f'eval_{k}']) * count / 100):
-            diff[k] = (metrics[k], float(row[f'eval_{k}']))
-    if metrics['loss'] != pytest.approx(float(row['eval_loss']), rel=1e-5):
-        diff['loss'] = (metrics['loss'], float(row['eval_loss']))
-    return diff
+def test_metrics_of_the_checkpoint_and_named_results(runs):
+    tmp, res = runs
+    ckpt = tmp / 'run' / 'last.pth.tar'
+    results = {}
+    for name, file, use_ema in (('ckpt', 'validate-last-val.json', False), ('ema', 'validate-last-ema-val.json', True),
+                                ('export', 'validate-export-val.json', False)):
+        assert res[name].rc == 0, res[name].err
+        results[name] = json.loads((tmp / 'run' / file).read_text())
+        assert results[name]['use_ema'] is use_ema and results[name]['count'] == 30
+        assert results[name]['checkpoint'] == str(tmp / 'run' / 'export' if name == 'export' else ckpt)
+    for name, use_ema in (('ckpt', False), ('ema', True)):
+        ref = _reference(ckpt, use_ema, tmp / 'small')
+        torch.testing.assert_close(results[name]['loss'], ref['loss'], rtol=1e-5, atol=0)
+        assert round(results[name]['top1'] * 0.3) == round(ref['top1'] * 0.3)
+    assert results['ema']['loss'] != results['ckpt']['loss']  # the EMA weights were evaluated, not the others
+    torch.testing.assert_close(results['export']['loss'], results['ckpt']['loss'], rtol=1e-5, atol=0)
+    assert (results['ckpt']['img_size'], results['ckpt']['crop_pct']) == (32, 1.0)
 
 
-def test_reproduces_the_summary_of_the_epoch(validations, baseline_run):
-    """validate.py on the baseline's last.pth.tar gives the eval_top1/top5/loss train.py logged for that epoch."""
-    res, results = validations['baseline']
-    assert res.rc == 0, res.describe()
-    metrics = json.loads(results.read_text())
-    assert metrics['count'] == 359  # the embedded digits' val split
-    diff = _same_metrics(metrics, read_summary(baseline_run)[-1])
-    assert not diff, f'validate.py vs summary.csv: {diff}'
-    assert (metrics['img_size'], metrics['crop_pct']) == (32, 1.0)  # the checkpoint's own eval preprocessing
-    assert f'top-1 {metrics["top1"]:.3f}%' in res.out
+def test_device_and_progress_lines_without_tty(runs):
+    run = runs[1]['ckpt']
+    lines = run.err.splitlines()
+    assert 'on cpu' in lines[0], lines[0]
+    progress = [line for line in lines if line.startswith('eval batch')]
+    assert [p.split()[2] for p in progress] == ['1/4', '2/4', '3/4', '4/4'] and 'img/s' in progress[-1]
+    assert 'top-1' in run.out
 
 
-def test_reproduces_the_summary_of_a_two_process_run(validations, ddp_run):
-    """Under torchrun each rank evaluates its shard of the val split (29 images: 15 + 14) with its own model copy;
-    the summary must still be the metric of the saved checkpoint on the whole split."""
-    res, results = validations['ddp']
-    assert res.rc == 0, res.describe()
-    metrics = json.loads(results.read_text())
-    assert metrics['count'] == 29
-    diff = _same_metrics(metrics, read_summary(ddp_run[0])[-1])
-    assert not diff, f'validate.py vs summary.csv {diff}: the 2-process evaluation is not that of the saved checkpoint'
+def test_random_weights_warned(runs):
+    tmp, res = runs
+    assert res['random'].rc == 0, res['random'].err
+    assert 'RANDOM weights' in res['random'].err and (tmp / 'random.json').exists()
+    assert 'RANDOM' not in res['ckpt'].err
 
 
-def test_class_count_mismatch_exits_2(validations):
-    """A 10-class checkpoint on a folder holding only 5 of the digit classes: one clear line, exit 2, no JSON."""
-    res, results = validations['mismatch']
-    assert res.rc == 2, res.describe()
-    lines = res.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith('error: '), res.err
-    assert '10 classes' in lines[0] and 'has 5' in lines[0], lines[0]
-    assert not results.exists()
+@pytest.mark.parametrize('case, words', [
+    ('unknown_model', ["'resnet18dd'", 'did you mean', 'resnet18d']),
+    ('batch0', ['--batch-size 0']),
+    ('results_dir', ['missing', 'does not exist']),
+    ('yaml', ['hparams.yaml', 'not a checkpoint']),
+    ('cuda', ["'cuda'", '0 CUDA device']),
+    ('gpu', ["'gpu'", 'cuda:N']),
+])
+def test_bad_input_one_line_before_any_work(runs, case, words):
+    run = runs[1][case]
+    assert run.rc == 2, run.err
+    assert run.err.strip().splitlines() == run.error_lines and len(run.error_lines) == 1, run.err
+    assert all(w in run.error_lines[0] for w in words), run.error_lines[0]
+    assert 'arbitrary code' not in run.err and not (runs[0] / f'{case}.json').exists()
+
+
+def test_labels_compared(runs):
+    tmp, res = runs
+    for case, words in (('five', ["missing ['5', '6', '7', '8', '9']"]),
+                        ('letters', ["missing ['0', '1'", "extra ['a', 'b'"])):
+        run = res[case]
+        assert run.rc == 2 and len(run.error_lines) == 1 and 'Traceback' not in run.err, run.err
+        assert all(w in run.error_lines[0] for w in words), run.error_lines[0]
+        assert not (tmp / f'{case}.json').exists()

@@ -1,175 +1,154 @@
-"""Training hyper-parameters: one typed schema, read from a YAML file plus ``--key value`` command-line overrides.
-
-Key names follow timm's ``train.py`` arguments where one exists (``model``, ``lr``, ``lr_base``, ``lr_base_size``,
-``epochs``, ``batch_size``, ``opt``, ``sched``, ``warmup_epochs``, ``decay_milestones``, ``smoothing``, ``mixup``,
-``amp``, ``amp_dtype``, ``grad_accum_steps``, ``model_ema``, ...). Every mistake -- an unknown key (with the nearest
-valid one), a wrong type, an impossible value -- raises :class:`HparamsError`, which the scripts turn into a one-line
-message and exit code 2 before anything is written.
+"""Training hyper-parameters: one typed dataclass, from YAML files and ``--key value`` overrides; ``train.py --help``
+is generated from it. Mistakes raise :class:`HparamsError` (one line; train.py exits 2 before writing anything).
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
-import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
-from .models import PAPER_MEAN, PAPER_STD
-
-__all__ = ['TrainHparams', 'HparamsError', 'load_hparams', 'parse_overrides']
+__all__ = ['TrainHparams', 'HparamsError', 'build_parser', 'load_hparams', 'check_resume_changes', 'resolve_device']
 
 
 class HparamsError(ValueError):
-    """A bad hparams file or override. ``str()`` is a one-line message naming the key and what is valid."""
+    """A bad hparams file, key or value; ``str()`` is one line naming the key and what is valid."""
+
+
+def _h(default: Any, help: str) -> Any:
+    factory = (lambda: list(default)) if isinstance(default, list) else None
+    if factory:
+        return field(default_factory=factory, metadata={'help': help})
+    return field(default=default, metadata={'help': help})
 
 
 @dataclass
 class TrainHparams:
-    """Every switch of the paper's recipes. Defaults are the paper's ResNet-50-D recipe where it has one."""
-    # Model (section 4). weight_init 'xavier' is section 2; zero_init_last is zero-gamma (3.1).
-    model: str = 'resnet50d_bot'
-    pretrained: bool = False
-    weight_init: str = 'xavier'
-    zero_init_last: bool = True
-    drop_rate: float = 0.0
-    # Data. data_dir: 'digits' (embedded, no download), an ImageFolder root with train/ and val/, or .tar files.
-    data_dir: str = 'digits'
-    train_split: str = 'train'
-    val_split: str = 'val'
-    skip_bad_images: bool = False
-    workers: int = 2
-    pin_memory: bool = False
-    # Augmentation (section 2): random-resized crop, flip, HSV scaling, PCA lighting, paper mean/std.
-    img_size: int = 224
-    crop_pct: float = 0.875
-    interpolation: str = 'bilinear'
-    scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
-    ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
-    hflip: float = 0.5
-    color_jitter: float = 0.4
-    hue_jitter: bool = True
-    pca_lighting: float = 0.1
-    mean: list[float] = field(default_factory=lambda: list(PAPER_MEAN))
-    std: list[float] = field(default_factory=lambda: list(PAPER_STD))
-    # Optimization (sections 2 and 3.1). lr None -> linear scaling: lr_base * global batch / lr_base_size.
-    epochs: int = 120
-    batch_size: int = 256
-    grad_accum_steps: int = 1
-    opt: str = 'nag'
-    lr: float | None = None
-    lr_base: float = 0.1
-    lr_base_size: int = 256
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    no_bias_decay: bool = True
-    # Schedule: per-iteration warmup (3.1), cosine (5.1) or step (section 2).
-    sched: str = 'cosine'
-    warmup_epochs: float = 5.0
-    decay_milestones: list[int] = field(default_factory=lambda: [30, 60, 90])
-    decay_rate: float = 0.1
-    # Refinements (section 5): label smoothing, mixup, distillation.
-    smoothing: float = 0.1
-    smoothing_mode: str = 'paper'
-    mixup: float = 0.0
-    teacher: str | None = None
-    temperature: float = 20.0
-    # Efficiency (3.2) and timm extras.
-    amp: bool = False
-    amp_dtype: str = 'float16'
-    channels_last: bool = False
-    torchcompile: bool = False
-    model_ema: bool = False
-    model_ema_decay: float = 0.9998
-    # Run control.
-    seed: int = 42
-    deterministic: bool = False
-    device: str = 'auto'
-    output: str = 'output/train'
-    experiment: str = ''
-    checkpoint_interval: int = 0
-    log_interval: int = 50
-    dist_timeout: float = 300.0
-    plots: bool = True
-    export_dir: str | None = None
-    push_to_hub: str | None = None
-    export_ema: bool = False
-
-    def validate(self) -> TrainHparams:
-        """Refuse impossible values with the key and what is valid."""
-        _check(self.model, 'model', bool(self.model), 'a timm model name, e.g. resnet50d_bot')
-        _choice(self, 'weight_init', ('xavier', 'timm'))
-        _choice(self, 'opt', None)
-        _choice(self, 'sched', ('cosine', 'step'))
-        _choice(self, 'smoothing_mode', ('paper', 'uniform'))
-        _choice(self, 'amp_dtype', ('float16', 'bfloat16'))
-        _choice(self, 'interpolation', ('bilinear', 'bicubic', 'nearest', 'random'))
-        for key in ('epochs', 'batch_size', 'grad_accum_steps', 'img_size', 'lr_base_size'):
-            _check(getattr(self, key), key, getattr(self, key) >= 1, 'an integer >= 1')
-        for key in ('workers', 'checkpoint_interval', 'log_interval'):
-            _check(getattr(self, key), key, getattr(self, key) >= 0, 'an integer >= 0')
-        if self.lr is not None:
-            _check(self.lr, 'lr', self.lr > 0, 'a positive number, or null for linear scaling (section 3.1)')
-        _check(self.lr_base, 'lr_base', self.lr_base > 0, 'a positive number')
-        _check(self.smoothing, 'smoothing', 0 <= self.smoothing < 1, 'a number in [0, 1)')
-        _check(self.mixup, 'mixup', self.mixup >= 0, 'a Beta(alpha, alpha) alpha >= 0 (0 disables mixup)')
-        _check(self.temperature, 'temperature', self.temperature > 0, 'a positive number')
-        _check(self.weight_decay, 'weight_decay', self.weight_decay >= 0, 'a number >= 0')
-        _check(self.momentum, 'momentum', 0 <= self.momentum < 1, 'a number in [0, 1)')
-        _check(self.warmup_epochs, 'warmup_epochs', 0 <= self.warmup_epochs < self.epochs, f'in [0, {self.epochs})')
-        _check(self.decay_rate, 'decay_rate', 0 < self.decay_rate <= 1, 'a number in (0, 1]')
-        _check(self.crop_pct, 'crop_pct', 0 < self.crop_pct <= 1, 'a number in (0, 1]')
-        _check(self.hflip, 'hflip', 0 <= self.hflip <= 1, 'a probability in [0, 1]')
-        _check(self.color_jitter, 'color_jitter', 0 <= self.color_jitter < 1, 'a number in [0, 1)')
-        _check(self.pca_lighting, 'pca_lighting', self.pca_lighting >= 0, 'a number >= 0')
-        _check(self.model_ema_decay, 'model_ema_decay', 0 < self.model_ema_decay < 1, 'a number in (0, 1)')
-        _check(self.scale, 'scale', len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1] <= 1,
-               '[min, max] area fractions with 0 < min <= max <= 1')
-        _check(self.ratio, 'ratio', len(self.ratio) == 2 and 0 < self.ratio[0] <= self.ratio[1],
-               '[min, max] aspect ratios with 0 < min <= max')
-        _check(self.mean, 'mean', len(self.mean) == 3, 'three numbers (RGB)')
-        _check(self.std, 'std', len(self.std) == 3 and min(self.std) > 0, 'three positive numbers (RGB)')
-        _check(self.decay_milestones, 'decay_milestones', list(self.decay_milestones) == sorted(self.decay_milestones)
-               and all(m > 0 for m in self.decay_milestones), 'increasing positive epochs, e.g. [30, 60, 90]')
-        if self.data_dir != 'digits':
-            _check(self.data_dir, 'data_dir', Path(self.data_dir).exists(),
-                   "an existing folder or .tar (with train/val splits), or 'digits' for the embedded dataset")
-        if self.teacher and '/' in self.teacher and ':' not in self.teacher:
-            _check(self.teacher, 'teacher', Path(self.teacher).exists(),
-                   'an existing train.py checkpoint file, a timm model name, or hf-hub:/local-dir: source')
-        if self.export_ema:
-            _check(self.export_ema, 'export_ema', self.model_ema, 'false unless model_ema is true (no EMA weights)')
-        if self.push_to_hub:
-            from .export import ExportError, check_repo_id
-            try:
-                check_repo_id(self.push_to_hub)
-            except ExportError as e:
-                raise HparamsError(f'hparams: push_to_hub={self.push_to_hub!r} is invalid: {e}') from None
-        return self
+    """Every switch of the paper's recipes; defaults are its ResNet-50-D recipe (sections 2-5)."""
+    model: str = _h('resnet50d_bot', 'any timm model name, hf-hub:ORG/NAME or local-dir:PATH')
+    pretrained: bool = _h(False, 'start from the pretrained weights of `model` (fine-tuning)')
+    weight_init: str = _h('xavier', "'xavier' (section 2) or 'timm' (the model's own init); ignored when pretrained")
+    zero_init_last: bool = _h(True, 'zero-gamma: last BN of every residual branch starts at 0 (section 3.1)')
+    drop_rate: float = _h(0.0, 'dropout before the classifier')
+    data_dir: str = _h('digits', "'digits' (embedded), a folder with train/ and val/ (or .tar) splits, or a .tar")
+    train_split: str = _h('train', 'training split name')
+    val_split: str = _h('val', 'validation split name')
+    skip_bad_images: bool = _h(False, 'skip and count unreadable images instead of stopping')
+    workers: int = _h(2, 'data loader worker processes')
+    pin_memory: bool = _h(False, 'pin host memory (CUDA)')
+    img_size: int = _h(224, 'training crop / eval size (section 2: 224; Inception-V3: 299)')
+    crop_pct: float = _h(0.875, 'eval center-crop fraction (section 2: 224/256)')
+    interpolation: str = _h('bilinear', 'resize interpolation')
+    scale: list[float] = _h([0.08, 1.0], 'random-resized-crop area range (section 2)')
+    ratio: list[float] = _h([3 / 4, 4 / 3], 'random-resized-crop aspect-ratio range (section 2)')
+    hflip: float = _h(0.5, 'horizontal flip probability (section 2)')
+    color_jitter: float = _h(0.4, 'brightness/saturation scaling in [1-x, 1+x] (section 2)')
+    hue_jitter: bool = _h(True, 'also scale the hue by [1-x, 1+x] (section 2)')
+    pca_lighting: float = _h(0.1, 'PCA lighting noise std (section 2)')
+    mean: list[float] | None = _h(None, "normalization mean; null = the model's (paper's for *_bot models)")
+    std: list[float] | None = _h(None, "normalization std; null = the model's (paper's for *_bot models)")
+    epochs: int = _h(120, 'training epochs (section 2: 120; mixup 200)')
+    batch_size: int = _h(256, 'batch size per process')
+    grad_accum_steps: int = _h(1, 'batches accumulated per optimizer update')
+    opt: str = _h('nag', "optimizer: 'nag' (section 2) or any timm optimizer name")
+    lr: float | None = _h(None, 'learning rate; null = linear scaling lr_base x global batch / lr_base_size (3.1)')
+    lr_base: float = _h(0.1, 'lr for a global batch of lr_base_size (section 3.1)')
+    lr_base_size: int = _h(256, 'reference batch of the linear scaling rule (section 3.1)')
+    momentum: float = _h(0.9, 'optimizer momentum')
+    weight_decay: float = _h(1e-4, 'weight decay (section 2: 1e-4)')
+    no_bias_decay: bool = _h(True, 'no weight decay on biases and BN gamma/beta (section 3.1)')
+    sched: str = _h('cosine', "'cosine' (section 5.1) or 'step' (section 2)")
+    warmup_epochs: float = _h(5.0, 'linear warmup, per iteration (section 3.1); must be < epochs')
+    decay_milestones: list[int] = _h([30, 60, 90], "'step': epochs where the lr is multiplied by decay_rate")
+    decay_rate: float = _h(0.1, "'step': lr decay factor")
+    smoothing: float = _h(0.1, 'label smoothing epsilon (section 5.2); 0 disables')
+    smoothing_mode: str = _h('paper', "'paper' (eps/(K-1) per wrong class, 5.2) or 'uniform' (eps/K, timm/torch)")
+    mixup: float = _h(0.0, 'mixup Beta(alpha, alpha) alpha (section 5.4: 0.2); 0 disables')
+    teacher: str | None = _h(None, 'distillation teacher (5.3): timm name, hf-hub:/local-dir:, or a checkpoint')
+    temperature: float = _h(20.0, 'distillation temperature T (section 5.3)')
+    amp: bool = _h(False, 'mixed precision (section 3.2)')
+    amp_dtype: str = _h('float16', "'float16' (with loss scaling) or 'bfloat16'")
+    channels_last: bool = _h(False, 'channels-last memory format')
+    torchcompile: bool = _h(False, 'torch.compile the model')
+    model_ema: bool = _h(False, "keep an EMA of the weights (timm's ModelEmaV3; not in the paper)")
+    model_ema_decay: float = _h(0.9998, 'EMA decay per update')
+    seed: int = _h(42, 'random seed (data order, augmentation, mixup, init)')
+    deterministic: bool = _h(False, 'torch.use_deterministic_algorithms')
+    device: str = _h('auto', "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    output: str = _h('output/train', 'parent folder of the run folders')
+    experiment: str = _h('', "run folder name (default: date-model); an existing one gets a '-1', '-2' suffix")
+    checkpoint_interval: int = _h(0, 'also save last.pth.tar every N updates (0: at epoch ends only)')
+    log_interval: int = _h(50, 'a progress line every N batches when stderr is not a terminal')
+    dist_timeout: float = _h(300.0, 'seconds before a DDP collective waiting for a dead rank fails')
+    plots: bool = _h(True, 'write lr.png and curves.png')
+    export_dir: str | None = _h(None, 'export model_best as a Hub model folder here at the end')
+    push_to_hub: str | None = _h(None, 'push the export to this Hub repo (USER/NAME) at the end')
+    export_ema: bool = _h(False, 'export the EMA weights (needs model_ema)')
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def validate(self) -> TrainHparams:
+        """Refuse impossible values, naming the key, its value and what is valid."""
+        def _check(key: str, ok: bool, valid: str) -> None:
+            if not ok:
+                raise HparamsError(f'hparams: {key}={getattr(self, key)!r} is invalid: expected {valid}.')
+        _choice('weight_init', self.weight_init, ('xavier', 'timm'))
+        _choice('sched', self.sched, ('cosine', 'step'))
+        _choice('smoothing_mode', self.smoothing_mode, ('paper', 'uniform'))
+        _choice('amp_dtype', self.amp_dtype, ('float16', 'bfloat16'))
+        _choice('interpolation', self.interpolation, ('bilinear', 'bicubic', 'nearest', 'random'))
+        import timm.optim
+        _choice('opt', self.opt, ['nag'] + sorted(set(timm.optim.list_optimizers()) - {'nag'}))
+        for key in ('epochs', 'batch_size', 'grad_accum_steps', 'img_size', 'lr_base_size'):
+            _check(key, getattr(self, key) >= 1, 'an integer >= 1')
+        for key in ('workers', 'checkpoint_interval', 'log_interval'):
+            _check(key, getattr(self, key) >= 0, 'an integer >= 0')
+        _check('lr', self.lr is None or self.lr > 0, 'a positive number, or null for linear scaling (section 3.1)')
+        _check('warmup_epochs', 0 <= self.warmup_epochs < self.epochs,
+               f'>= 0 and shorter than epochs={self.epochs} (lower warmup_epochs or raise epochs)')
+        for key, lo, hi in (('smoothing', 0, 1), ('color_jitter', 0, 1), ('momentum', 0, 1)):
+            _check(key, lo <= getattr(self, key) < hi, f'a number in [{lo}, {hi})')
+        for key in ('lr_base', 'temperature', 'dist_timeout'):
+            _check(key, getattr(self, key) > 0, 'a positive number')
+        for key in ('mixup', 'weight_decay', 'pca_lighting', 'drop_rate'):
+            _check(key, getattr(self, key) >= 0, 'a number >= 0')
+        _check('hflip', 0 <= self.hflip <= 1, 'a probability in [0, 1]')
+        _check('crop_pct', 0 < self.crop_pct <= 1, 'a number in (0, 1]')
+        _check('decay_rate', 0 < self.decay_rate <= 1, 'a number in (0, 1]')
+        _check('model_ema_decay', 0 < self.model_ema_decay < 1, 'a number in (0, 1)')
+        _check('scale', len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1] <= 1, '[min, max] in (0, 1]')
+        _check('ratio', len(self.ratio) == 2 and 0 < self.ratio[0] <= self.ratio[1], '[min, max] with 0 < min')
+        _check('mean', self.mean is None or len(self.mean) == 3, 'three numbers (RGB) or null')
+        _check('std', self.std is None or (len(self.std) == 3 and min(self.std) > 0), 'three positive numbers')
+        _check('decay_milestones', self.decay_milestones == sorted(self.decay_milestones), 'increasing epochs')
+        _check('device', self.device in ('auto', 'cpu', 'cuda', 'mps') or
+               (self.device.startswith('cuda:') and self.device[5:].isdigit()), "'auto', 'cpu', 'cuda[:N]' or 'mps'")
+        _check('export_ema', self.model_ema or not self.export_ema, 'false unless model_ema is true')
+        if self.data_dir != 'digits':
+            _check('data_dir', Path(self.data_dir).exists(), "an existing folder or .tar, or 'digits' (embedded)")
+        return self
 
-def _check(value: Any, key: str, ok: bool, valid: str) -> None:
-    if not ok:
-        raise HparamsError(f'hparams: {key}={value!r} is invalid: expected {valid}.')
+
+# Keys a resumed run may change: they do not alter the run's trajectory (epochs rebuilds the schedule).
+RESUME_MUTABLE = {'epochs', 'workers', 'pin_memory', 'device', 'log_interval', 'checkpoint_interval', 'plots',
+                  'export_dir', 'push_to_hub', 'export_ema', 'dist_timeout', 'data_dir', 'skip_bad_images',
+                  'deterministic', 'torchcompile', 'channels_last', 'amp', 'amp_dtype'}
 
 
-def _choice(hp: TrainHparams, key: str, choices: tuple[str, ...] | None) -> None:
-    value = getattr(hp, key)
-    if key == 'opt':
-        import timm.optim  # 'nag' is registered by importing timm_bot (which this module's import already did)
-        choices = tuple(timm.optim.list_optimizers())
+def _choice(key: str, value: str, choices: typing.Sequence[str]) -> None:
     if value not in choices:
-        near = difflib.get_close_matches(str(value), choices, n=1)
-        hint = f" (did you mean '{near[0]}'?)" if near else ''
-        shown = ', '.join(choices) if len(choices) <= 8 else ', '.join(choices[:8]) + ', ...'
-        raise HparamsError(f'hparams: {key}={value!r} is not one of {shown}{hint}.')
+        near = difflib.get_close_matches(str(value), choices, n=3)
+        hint = f" Did you mean {' or '.join(repr(n) for n in near)}?" if near else ''
+        shown = ', '.join(choices[:12]) + (f', ... ({len(choices)} in all)' if len(choices) > 12 else '')
+        raise HparamsError(f'hparams: {key}={value!r} is not one of {shown}.{hint}')
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainHparams)}
@@ -177,93 +156,121 @@ _TYPES = typing.get_type_hints(TrainHparams)
 
 
 def _coerce(key: str, value: Any) -> Any:
-    """Check ``value`` against the field's type; ints are accepted where floats are expected."""
-    expected = _TYPES[key]
-    optional = (typing.get_origin(expected) in (typing.Union, types.UnionType)
-                and type(None) in typing.get_args(expected))
-    if optional:
-        if value is None:
-            return None
-        expected = next(a for a in typing.get_args(expected) if a is not type(None))
-    origin = typing.get_origin(expected)
-    if origin is list:
-        (item_type,) = typing.get_args(expected)
+    """``value`` checked against the field's type (ints pass as floats, '1e-3' as a float)."""
+    expected, optional = _TYPES[key], False
+    if typing.get_origin(expected) in (typing.Union, types.UnionType):
+        optional, expected = True, next(a for a in typing.get_args(expected) if a is not type(None))
+    if value is None and optional:
+        return None
+    if typing.get_origin(expected) is list:
+        (item,) = typing.get_args(expected)
         if isinstance(value, (list, tuple)):
-            return [_coerce_scalar(key, v, item_type, f'a list of {item_type.__name__}') for v in value]
-        raise HparamsError(f'hparams: {key}={value!r} has the wrong type: expected a list of {item_type.__name__}, '
-                           f'e.g. [{_example(item_type)}, {_example(item_type)}].')
-    return _coerce_scalar(key, value, expected, expected.__name__ + (' or null' if optional else ''))
+            return [_coerce_scalar(key, v, item) for v in value]
+        raise HparamsError(f'hparams: {key}={value!r} has the wrong type: expected a list of {item.__name__}, '
+                           'e.g. [0.5, 1.0].')
+    return _coerce_scalar(key, value, expected)
 
 
-_FLOAT_RE = re.compile(r'[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?')
-
-
-def _coerce_scalar(key: str, value: Any, expected: type, described: str) -> Any:
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if expected is float and isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
-        return float(value)  # '1e-3', '5e-5': YAML 1.1 (PyYAML) reads them as strings, YAML 1.2 / Python as floats
-    if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
+def _coerce_scalar(key: str, value: Any, expected: type) -> Any:
+    if expected is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:
+            return float(value)  # ints, and '1e-3' (PyYAML reads YAML 1.2 floats like that as strings)
+        except ValueError:
+            pass
+    elif isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
         return value
-    raise HparamsError(f'hparams: {key}={value!r} has the wrong type ({type(value).__name__}): expected {described}.')
+    raise HparamsError(f'hparams: {key}={value!r} has the wrong type ({type(value).__name__}): expected '
+                       f'{expected.__name__}.')
 
 
-def _example(t: type) -> str:
-    return {int: '1', float: '0.5', str: 'x'}.get(t, '?')
+def _yaml_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text) if text != '' else ''
+    except yaml.YAMLError:
+        return text
 
 
-def _unknown_key(key: str) -> HparamsError:
-    near = difflib.get_close_matches(key, list(_FIELDS), n=1, cutoff=0.5)
-    hint = f"did you mean '{near[0]}'?" if near else 'see TrainHparams in timm_bot/hparams.py for the valid keys.'
-    return HparamsError(f"hparams: unknown key '{key}': {hint}")
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:
+        if 'unrecognized arguments:' in message:
+            key = message.split(':', 1)[1].split()[0].lstrip('-').split('=')[0].replace('-', '_')
+            near = difflib.get_close_matches(key, list(_FIELDS), n=1, cutoff=0.5)
+            hint = f"did you mean '--{near[0]}'?" if near else 'train.py --help lists every key.'
+            message = f"unknown key '{key}': {hint}"
+        raise HparamsError(f'hparams: {message}')
 
 
-def parse_overrides(argv: list[str]) -> dict[str, Any]:
-    """``['--lr', '0.4', '--mixup=0.2', '--amp']`` -> ``{'lr': 0.4, 'mixup': 0.2, 'amp': True}``.
-
-    Values are parsed as YAML (so ``null``, ``true``, ``[30, 60]`` work); dashes in keys become underscores.
-    A key with no value is ``true``.
-    """
-    out: dict[str, Any] = {}
-    i = 0
-    while i < len(argv):
-        token = argv[i]
-        if not token.startswith('--') or len(token) == 2:
-            raise HparamsError(f"hparams: unexpected argument '{token}': overrides look like --key value.")
-        key, eq, raw = token[2:].partition('=')
-        key = key.replace('-', '_')
-        if not eq:
-            if i + 1 < len(argv) and not argv[i + 1].startswith('--'):
-                raw = argv[i + 1]
-                i += 1
-            else:
-                raw = 'true'
-        try:
-            value = yaml.safe_load(raw) if raw != '' else ''
-        except yaml.YAMLError:
-            value = raw
-        out[key] = value if isinstance(value, (int, float, bool, str, list, dict, type(None))) else raw
-        i += 1
-    return out
+def build_parser(description: str = '') -> argparse.ArgumentParser:
+    """``--hparams``, ``--resume`` and one ``--key`` (also ``--key-with-dashes``) per :class:`TrainHparams` field."""
+    parser = _Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                     allow_abbrev=False, usage='train.py [--hparams FILE.yaml ...] [--resume RUN] [--KEY VALUE ...]')
+    parser.add_argument('--hparams', nargs='+', metavar='FILE.yaml',
+                        help='YAML file(s) of hparams (recipes in hparams/); a later file overrides an earlier one')
+    parser.add_argument('--resume', help="continue a run: its folder or checkpoint; restores the run's hparams")
+    keys = parser.add_argument_group('hparams (YAML keys; a command-line value overrides the file)')
+    for name, f in _FIELDS.items():
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        flags = [f'--{name}'] + ([f'--{name.replace("_", "-")}'] if '_' in name else [])
+        kind = _TYPES[name]
+        is_bool = kind is bool
+        metavar = 'true|false' if is_bool else 'LIST' if 'list' in str(kind) else getattr(kind, '__name__', 'VALUE')
+        keys.add_argument(*flags, dest=name, metavar=metavar.split(' ')[0].upper() if not is_bool else metavar,
+                          default=argparse.SUPPRESS, type=_yaml_value, nargs='?' if is_bool else None,
+                          const=True if is_bool else None, help=f'{f.metadata["help"]} (default: {default})')
+    return parser
 
 
-def load_hparams(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainHparams:
-    """Read ``path`` (YAML mapping), apply ``overrides``, check keys, types and values."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise HparamsError(f'hparams: file not found: {path} (the recipes are in hparams/).')
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise HparamsError(f'hparams: {path} is not valid YAML: {str(e).splitlines()[0]}') from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise HparamsError(f'hparams: {path} must be a mapping of key: value lines.')
-        values.update(loaded or {})
+def load_hparams(paths: str | Path | list | None = None, overrides: dict[str, Any] | None = None,
+                 base: dict[str, Any] | None = None) -> TrainHparams:
+    """``base`` (a resumed run's hparams) < YAML file(s) ``paths`` in order < ``overrides``; all checked."""
+    values = {k: v for k, v in (base or {}).items() if k in _FIELDS}
+    for path in [paths] if isinstance(paths, (str, Path)) else paths or []:
+        values.update(_read_yaml(Path(path)))
     values.update(overrides or {})
     for key in values:
         if key not in _FIELDS:
-            raise _unknown_key(key)
-    hp = TrainHparams(**{k: _coerce(k, v) for k, v in values.items()})
-    return hp.validate()
+            near = difflib.get_close_matches(key, list(_FIELDS), n=1, cutoff=0.5)
+            raise HparamsError(f"hparams: unknown key '{key}': " +
+                               (f"did you mean '{near[0]}'?" if near else 'train.py --help lists every key.'))
+    return TrainHparams(**{k: _coerce(k, v) for k, v in values.items()}).validate()
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        found = ', '.join(sorted(p.name for p in path.glob('*.yaml'))[:6])
+        raise HparamsError(f'hparams: {path} is a folder: give one YAML file from it ({found or "none found"})')
+    if not path.is_file():
+        raise HparamsError(f'hparams: file not found: {path} (the recipes are in hparams/).')
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise HparamsError(f'hparams: {path} is not valid YAML: {str(e).splitlines()[0]}') from None
+    if not isinstance(loaded, dict):
+        raise HparamsError(f'hparams: {path} must be a mapping of key: value lines.')
+    return loaded
+
+
+def check_resume_changes(saved: dict[str, Any], hp: TrainHparams, resolved_lr: float) -> None:
+    """A resumed run may change only :data:`RESUME_MUTABLE` keys; anything else would silently change the run."""
+    new = dict(hp.to_dict(), lr=resolved_lr)
+    changed = [k for k in new if k in saved and k not in RESUME_MUTABLE and new[k] != saved[k]]
+    if changed:
+        diffs = ', '.join(f'{k} {saved[k]!r} -> {new[k]!r}' for k in changed[:4])
+        raise HparamsError(f'hparams: --resume cannot change {diffs}: only {", ".join(sorted(RESUME_MUTABLE))} may '
+                           'change when resuming; start a new run (without --resume) to change the others.')
+
+
+def resolve_device(spec: str) -> torch.device:
+    """'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:N' or 'mps'; ValueError when not available here."""
+    if spec == 'auto':
+        spec = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+    if spec.startswith('cuda'):
+        index = int(spec[5:]) if spec[5:].isdigit() else 0
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            raise ValueError(f"device {spec!r} is not available here ({torch.cuda.device_count()} CUDA devices): "
+                             "use device 'cpu' or 'auto'")
+    elif spec == 'mps' and not torch.backends.mps.is_available():
+        raise ValueError("device 'mps' is not available here: use device 'cpu' or 'auto'")
+    elif spec not in ('cpu', 'cuda', 'mps'):
+        raise ValueError(f"device {spec!r} is not one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'")
+    return torch.device(spec)

@@ -1,4 +1,4 @@
-"""PNG plots of a training run: the per-iteration learning rate and the per-epoch loss/accuracy curves."""
+"""PNG plots of a run: the per-iteration learning rate (sections 3.1, 5.1) and per-epoch loss/accuracy curves."""
 from __future__ import annotations
 
 import os
@@ -8,6 +8,12 @@ from pathlib import Path
 __all__ = ['plot_lr', 'plot_curves']
 
 
+def _save(fig, path: Path) -> None:
+    tmp = path.with_name(path.name + '.tmp.png')
+    fig.savefig(tmp, dpi=100, bbox_inches='tight')
+    os.replace(tmp, path)
+
+
 def _pyplot():
     import matplotlib
     matplotlib.use('Agg')
@@ -15,40 +21,38 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> None:
-    tmp = path.with_name(path.name + '.tmp.png')
-    fig.savefig(tmp, dpi=100, bbox_inches='tight')
-    os.replace(tmp, path)
-
-
 def plot_lr(lrs: Sequence[float], updates_per_epoch: int, path: Path, title: str = '') -> None:
-    """Learning rate of every iteration (warmup 3.1, cosine 5.1 / step decay section 2), x axis in epochs."""
+    """Learning rate of every iteration, x axis in epochs."""
     plt = _pyplot()
-    stride = max(1, len(lrs) // 4000)  # keep the PNG light for ImageNet-length runs
-    xs = [i / updates_per_epoch for i in range(0, len(lrs), stride)]
+    stride = max(1, len(lrs) // 4000)
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(xs, list(lrs)[::stride])
-    ax.set_xlabel('epoch')
-    ax.set_ylabel('learning rate')
-    ax.set_title(title or 'learning rate per iteration')
+    ax.plot([i / updates_per_epoch for i in range(0, len(lrs), stride)], list(lrs)[::stride])
+    ax.set(xlabel='epoch', ylabel='learning rate', title=title or 'learning rate per iteration')
     ax.grid(alpha=0.3)
     _save(fig, path)
     plt.close(fig)
 
 
 def plot_curves(history: Sequence[dict], path: Path) -> None:
-    """Train/val loss and val top-1/top-5 per epoch, from the rows of ``summary.csv``."""
+    """Train/val loss (log scale) and val top-1/top-5 per 1-based epoch, EMA curves if present, best epoch marked."""
     plt = _pyplot()
-    epochs = [row['epoch'] for row in history]
+    epochs = [row['epoch'] + 1 for row in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.5))
-    ax_loss.plot(epochs, [row['train_loss'] for row in history], label='train loss')
-    ax_loss.plot(epochs, [row['eval_loss'] for row in history], label='val loss')
-    ax_acc.plot(epochs, [row['eval_top1'] for row in history], label='val top-1')
-    ax_acc.plot(epochs, [row['eval_top5'] for row in history], label='val top-5')
+    series = [(ax_loss, 'train_loss', 'train loss'), (ax_loss, 'eval_loss', 'val loss'),
+              (ax_acc, 'eval_top1', 'val top-1'), (ax_acc, 'eval_top5', 'val top-5'),
+              (ax_loss, 'eval_ema_loss', 'EMA val loss'), (ax_acc, 'eval_ema_top1', 'EMA val top-1')]
+    for ax, key, label in series:
+        if all(key in row for row in history):
+            ax.plot(epochs, [row[key] for row in history], marker='o', markersize=3, label=label)
+    losses = [row[k] for row in history for k in ('train_loss', 'eval_loss') if row.get(k, 0) > 0]
+    if losses and max(losses) / min(losses) > 10:  # e.g. distillation's T^2-scaled train loss beside the val loss
+        ax_loss.set_yscale('log')
+    best = max(history, key=lambda row: row['eval_top1'])
+    ax_acc.axvline(best['epoch'] + 1, color='grey', linestyle=':', label=f'best: epoch {best["epoch"] + 1}')
     for ax, label in ((ax_loss, 'loss'), (ax_acc, 'accuracy (%)')):
-        ax.set_xlabel('epoch')
-        ax.set_ylabel(label)
+        ax.set(xlabel='epoch', ylabel=label)
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
     _save(fig, path)
     plt.close(fig)

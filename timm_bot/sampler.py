@@ -1,12 +1,8 @@
-"""Reproducible, resumable data order and augmentation, so a run killed mid-epoch resumes bit-exactly.
+"""Reproducible, resumable data order and augmentation: what makes ``train.py --resume`` bit-exact mid-epoch.
 
-Not from the paper: this is what makes ``train.py --resume`` exact. Two pieces:
-
-* :class:`ResumableSampler` -- like torch's ``DistributedSampler`` (a permutation seeded by ``(seed, epoch)``,
-  sharded by rank), but it can start at any batch of an epoch and yields ``(index, sample_seed)`` pairs.
-* :class:`SeededTransformDataset` -- applies the training transform to sample ``index`` under RNGs seeded by its
-  ``sample_seed``. Each image's augmentation is a function of ``(seed, epoch, index)`` only: the same with 0 or 8
-  loader workers, and the same whether or not the run was interrupted, so no worker RNG state needs saving.
+``ResumableSampler`` is torch's ``DistributedSampler`` (permutation seeded by ``seed + epoch``, sharded by rank) that
+can start at any batch and yields ``(index, sample_seed)``; ``SeededTransformDataset`` augments each sample under RNGs
+seeded by that seed, so an image's augmentation depends on ``(seed, epoch, index)`` only, whatever the worker count.
 """
 from __future__ import annotations
 
@@ -14,10 +10,11 @@ import random
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-__all__ = ['ResumableSampler', 'SeededTransformDataset', 'sample_seed']
+__all__ = ['ResumableSampler', 'SeededTransformDataset', 'sample_seed', 'rng_state', 'set_rng_state']
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -26,18 +23,11 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class ResumableSampler(Sampler):
-    """Shuffled, rank-sharded sample order that can start mid-epoch.
+    """Shuffled, rank-sharded sample order that can start mid-epoch (``set_epoch(epoch, start_batch)``).
 
-    Args:
-        num_samples: dataset length.
-        batch_size: per-rank batch size (with ``drop_last`` only whole global batches are used).
-        seed: run seed; epoch ``e`` uses the permutation of ``torch.Generator().manual_seed(seed + e)``.
-        rank, world_size: shard ``rank`` of ``world_size`` (every rank sees as many batches).
-        shuffle: False for validation order. Then plain indices are yielded: evaluation transforms draw no random
-            numbers, so there is nothing to seed.
-        drop_last: drop the last incomplete global batch (training). Without it (evaluation) every sample is seen
-            exactly once: unlike ``DistributedSampler`` no shard is padded with repeats, so metrics summed over
-            ranks are exact.
+    Training (``shuffle``, ``drop_last``): only whole global batches, ``(index, sample_seed)`` items. Evaluation
+    (``shuffle=False, drop_last=False``): plain indices, every sample exactly once over the ranks (no padding with
+    repeats as in ``DistributedSampler``), so metrics summed over ranks are exact.
     """
 
     def __init__(self, num_samples: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
@@ -60,22 +50,18 @@ class ResumableSampler(Sampler):
         return -(-self.samples_per_rank // self.batch_size)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """Select the epoch's permutation and the batch to start from (0, or where a checkpoint stopped)."""
         self.epoch, self.start_batch = epoch, start_batch
 
-    def _indices(self) -> list[int]:
+    def __iter__(self) -> Iterator[tuple[int, int] | int]:
         if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.num_samples, generator=g).tolist()
+            order = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+            order = order.tolist()
         else:
             order = list(range(self.num_samples))
         if self.drop_last:
             order = order[:self.samples_per_rank * self.world_size]
-        return order[self.rank::self.world_size]  # without drop_last, shards differ by <= 1 and nothing repeats
-
-    def __iter__(self) -> Iterator[tuple[int, int] | int]:
-        mine = self._indices()[self.start_batch * self.batch_size:]
-        if not self.shuffle:
+        mine = order[self.rank::self.world_size][self.start_batch * self.batch_size:]
+        if not self.shuffle:  # evaluation transforms draw no random numbers: nothing to seed
             yield from mine
             return
         for index in mine:
@@ -86,10 +72,10 @@ class ResumableSampler(Sampler):
 
 
 class SeededTransformDataset(Dataset):
-    """Applies ``transform`` to ``dataset[index]`` with torch and python RNGs seeded by the sample's seed.
+    """``transform(dataset[index])`` under torch and python RNGs seeded by the sample's seed (``(index, seed)`` items).
 
-    The caller's RNG states are restored afterwards, so with ``num_workers=0`` the main process's random stream
-    (mixup's lambda and pairing) is unaffected. A ``None`` sample (a skipped bad image) stays ``None``.
+    The caller's RNG states are restored afterwards (mixup draws in the main process are unaffected); a ``None``
+    sample (a skipped bad image) stays ``None``; a plain ``index`` item is transformed unseeded.
     """
 
     def __init__(self, dataset: Dataset, transform: Callable | None = None) -> None:
@@ -108,11 +94,23 @@ class SeededTransformDataset(Dataset):
             return self.transform(img), target
         torch_state, python_state = torch.get_rng_state(), random.getstate()
         try:
-            # Not torch.manual_seed: it also queues lazy seeding of every accelerator backend, ~1 ms per call
-            # (benchmarks/README.md, pipeline profile); the transforms only draw from the CPU generator.
-            torch.default_generator.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)  # not torch.manual_seed: it seeds every accelerator (~1 ms)
             random.seed(seed)
             return self.transform(img), target
         finally:
             torch.set_rng_state(torch_state)
             random.setstate(python_state)
+
+
+def rng_state() -> dict[str, Any]:
+    """The main process's RNG states (mixup draws from them), as tensors and plain containers for a checkpoint."""
+    kind, keys, *rest = np.random.get_state()
+    return {'torch': torch.get_rng_state(), 'python': random.getstate(),
+            'numpy': [kind, torch.from_numpy(keys.astype(np.int64)), *rest]}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state['torch'])
+    random.setstate(tuple(tuple(s) if isinstance(s, list) else s for s in state['python']))
+    kind, keys, *rest = state['numpy']
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))

@@ -1,69 +1,68 @@
-"""Weight initialization of *Bag of Tricks*: the baseline's Xavier init (section 2) and zero-gamma (section 3.1)."""
+"""The paper's initialization for any timm or torchvision model: Xavier (section 2) and zero-gamma (section 3.1)."""
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
-__all__ = ['WEIGHT_INITS', 'xavier_init_', 'zero_gamma_']
+__all__ = ['xavier_init_', 'zero_gamma_']
 
-WEIGHT_INITS = ('xavier', 'timm')
+_BN = nn.modules.batchnorm._BatchNorm
+_SKIP_FLAGS = ('has_skip', 'use_res_connect')  # timm EfficientNet/MobileNet blocks, torchvision MobileNet blocks
+_SHORTCUTS = ('downsample', 'shortcut')  # timm/torchvision ResNet, timm RegNet, ConvNeXt (no BN: left alone)
 
-# Attribute names residual blocks use for their shortcut (path B): timm and torchvision use ``downsample``.
-_SHORTCUT_NAMES = ('downsample', 'shortcut')
 
-
+@torch.no_grad()
 def xavier_init_(model: nn.Module) -> nn.Module:
-    """Section 2: conv and FC weights ~ U[-a, a], a = sqrt(6 / (d_in + d_out)); biases 0; BN gamma 1, beta 0.
-
-    torch's ``xavier_uniform_`` counts fan-in/fan-out with the kernel area, as MXNet's Xavier (the paper's) does.
-    """
+    """Section 2: conv and FC weights ~ U[-a, a], a = sqrt(6 / (fan_in + fan_out)), biases 0; norms gamma 1, beta 0."""
     for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            nn.init.xavier_uniform_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight)  # torch's fans count the kernel area, as MXNet's Xavier (the paper's)
+        elif isinstance(m, (_BN, nn.GroupNorm, nn.LayerNorm)) and m.weight is not None:
             nn.init.ones_(m.weight)
+        else:
+            continue
+        if m.bias is not None:
             nn.init.zeros_(m.bias)
     return model
 
 
-def _last_branch_bn(block: nn.Module) -> nn.modules.batchnorm._BatchNorm | None:
-    """The last BN (in registration order) of a block's residual branch, ignoring its shortcut."""
-    last = None
-    for name, m in block.named_modules():
-        if name.split('.')[0] in _SHORTCUT_NAMES:
-            continue
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m is not block:
-            last = m
-    return last
+def _branch(block: nn.Module) -> tuple[list[nn.Module], list[nn.Module]] | None:
+    """``(residual branch, shortcut)`` modules of a residual block; None if ``block`` is not one or has no skip."""
+    if hasattr(block, 'blocks'):  # a timm stage, whose ``downsample`` precedes its blocks
+        return None
+    for flag in _SKIP_FLAGS:
+        if hasattr(block, flag):
+            return (list(block.modules()), []) if getattr(block, flag) else None
+    for attr in _SHORTCUTS:
+        shortcut = getattr(block, attr, False)
+        if shortcut is None or isinstance(shortcut, nn.Module):
+            shortcut = list(shortcut.modules()) if shortcut is not None else []
+            return [m for m in block.modules() if m not in shortcut], shortcut
+    return None
 
 
 @torch.no_grad()
-def zero_gamma_(model: nn.Module) -> int:
-    """Zero-gamma (section 3.1): set gamma = 0 in the last BN of every residual block, in place.
+def zero_gamma_(model: nn.Module, value: float = 0.0) -> int:
+    """Section 3.1: set gamma of the last BatchNorm of every residual branch to ``value`` (0: each block starts as
+    its shortcut; 1 undoes timm's ``zero_init_last``). Returns how many were set, 0 when none were found.
 
-    A residual block is a module with a ``downsample`` or ``shortcut`` attribute (even ``None``), the convention of
-    timm's and torchvision's ResNet family; its residual branch is everything but that shortcut. After this every
-    block outputs ``act(shortcut(x))`` at init, which makes the network easier to train early on.
-
-    Returns:
-        how many BN layers were zeroed.
-
-    Raises:
-        ValueError: if the model has no such residual block with a BN in its branch.
+    Residual blocks: innermost modules with ``has_skip`` / ``use_res_connect`` true (timm EfficientNet/MobileNet,
+    torchvision MobileNet) or a ``downsample`` / ``shortcut`` module or None (timm/torchvision ResNet, timm RegNet),
+    not timm stages (``blocks``). The branch's last registered BN counts only if it is as wide as the block's output
+    (the shortcut's last conv, else the unstrided input): a ``None`` shortcut meaning "no skip" (timm RegNet-Z) and
+    branches not ending in a BN (ConvNeXt: LayerNorm and layer scale; GhostNet: a concatenation) are left alone.
     """
-    touched = 0
-    for m in model.modules():
-        if not any(hasattr(m, n) for n in _SHORTCUT_NAMES):
+    count = 0
+    for block in model.modules():
+        found = _branch(block)
+        if found is None or any(hasattr(m, a) for m in found[0][1:] for a in _SKIP_FLAGS + _SHORTCUTS):
             continue
-        bn = _last_branch_bn(m)
-        if bn is not None and bn.weight is not None:
-            bn.weight.zero_()
-            touched += 1
-    if touched == 0:
-        raise ValueError(
-            f'zero_gamma_: found no residual block with a BatchNorm in its branch in {type(model).__name__}. '
-            'It looks for modules with a `downsample` or `shortcut` attribute (timm/torchvision ResNets); '
-            'for other architectures zero the last norm of each residual branch by hand.')
-    return touched
+        bns = [m for m in found[0] if isinstance(m, _BN) and m.weight is not None]
+        convs = [m for m in found[0] if isinstance(m, nn.Conv2d)]
+        proj = [m for m in found[1] if isinstance(m, nn.Conv2d)]
+        unstrided = convs and all(max(c.stride) == 1 for c in convs)
+        width = proj[-1].out_channels if proj else convs[0].in_channels if unstrided else None
+        if bns and bns[-1].num_features == width:
+            bns[-1].weight.fill_(value)
+            count += 1
+    return count
