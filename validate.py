@@ -99,9 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     device, results_file = check_args(args)
+    model, ckpt = create_model_from_checkpoint(args.checkpoint, args.use_ema) if args.checkpoint else (None, {})
     _logger.info(f'validate.py on {device}: {args.checkpoint or args.model}{" (EMA)" if args.use_ema else ""}, '
                  f'{args.data_dir} [{args.split}]')
-    model, ckpt = create_model_from_checkpoint(args.checkpoint, args.use_ema) if args.checkpoint else (None, {})
     dataset = create_image_dataset(args.data_dir, args.split, skip_bad_images=args.skip_bad_images)
     model = create_model(args, dataset.num_classes) if model is None else model
     if model.num_classes != dataset.num_classes or ckpt.get('label_names'):

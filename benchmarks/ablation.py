@@ -376,7 +376,7 @@ def ladder_report(results: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
     teacher = [r for k, r in results['runs'].items() if k.startswith('ladder/teacher/') and r.get('status') == 'done']
     if teacher:
         t = teacher[0]
-        text += (f'\n\nTeacher ({t["hparams"]["model"]}, efficient + cosine + label smoothing, {t["epochs"]} epochs, '
+        text += (f'\n\nTeacher ({t["hparams"]["model"]}, efficient + cosine + label smoothing, {t["epochs"]} epoch(s), '
                  f'seed {TEACHER_SEED}): top-1 {t["top1"]:.2f}%.')
     return text, stats
 
@@ -413,10 +413,11 @@ def table7_report(results: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
 
 def make_report(results: dict[str, Any], preset_name: str, root: Path, results_dir: Path | None) -> str:
     d = results['data']
-    epochs = [r['epochs'] for k, r in results['runs'].items() if k.startswith('ladder/baseline/') and 'epochs' in r]
+    epochs = [r['epochs'] for k, r in sorted(results['runs'].items())
+              if 'epochs' in r and k.split('/')[1] not in ('teacher', 'mixup_long')]
     e = epochs[0] if epochs else '?'
     budget = (f'Preset `{preset_name}`: CIFAR-10 subset of {d["n_train"]} train / {d["n_val"]} val images at 32 px. '
-              f'Budget per run: {e} epochs x {d["n_train"]} images'
+              f'Budget per run: {e} epoch{"s" if e != 1 else ""} x {d["n_train"]} images'
               + (f' = {e * d["n_train"]:,} images seen' if isinstance(e, int) else '')
               + ' (mixup_long and the teacher: 2x); top-1 of the last epoch (no selection on val). Verdict: the '
                 'change of the mean against the compared row is outside noise when |Δ| > 2 SE, SE = sqrt(s1²/n1 + '
@@ -459,12 +460,11 @@ def _plot(results: dict[str, Any], path: Path, preset_name: str) -> None:
         ax.bar(x, means, width, yerr=stds, color=color, capsize=3, alpha=0.8, label=label)
         for xi, v in zip(x, vals_list):
             ax.plot([xi] * len(v), v, 'k.', ms=4)
-        return [m for m, v in zip(means, vals_list) if v]
+        return [y for m, s, v in zip(means, stds, vals_list) if v for y in (m - s, m + s, *v)]
 
     vals = [cell_values(results, 'ladder', r) for r in rows]
     shown = bars(a1, range(len(rows)), vals, 'C0')
-    lo = max(0.0, min(shown, default=0.0) - 8)
-    a1.set_ylim(lo, max(shown, default=10.0) + 6)
+    a1.set_ylim(max(0.0, min(shown, default=0.0) - 5), max(shown, default=10.0) + 3)
     a1.set_xticks(list(range(len(rows))))
     a1.set_xticklabels(rows, rotation=35, ha='right', fontsize=8)
     a1.set_ylabel('top-1 % (mean ± std, dots: seeds)')
@@ -475,7 +475,7 @@ def _plot(results: dict[str, Any], path: Path, preset_name: str) -> None:
         for i, (r, c) in enumerate(zip(T7, ('C7', 'C0', 'C2'))):
             v = [cell_values(results, 'table7', r.name, a) for a in archs]
             allv += bars(a2, [j + (i - 1) * w for j in range(len(archs))], v, c, w, r.name)
-        a2.set_ylim(max(0.0, min(allv, default=0.0) - 8), max(allv, default=10.0) + 6)
+        a2.set_ylim(max(0.0, min(allv, default=0.0) - 5), max(allv, default=10.0) + 3)
         a2.set_xticks(list(range(len(archs))))
         a2.set_xticklabels(archs, fontsize=8)
         a2.legend(fontsize=8)

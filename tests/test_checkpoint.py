@@ -1,246 +1,134 @@
-"""Safe, atomic checkpoint I/O (timm_bot.checkpoint)."""
+"""Atomic, pickle-safe checkpoints (timm_bot.checkpoint): crashes and kills never leave a broken file."""
 import argparse
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import timm
 import torch
 
-import timm_bot  # noqa: F401
-from timm_bot.checkpoint import (
-    UnsafeCheckpointError,
-    create_model_from_checkpoint,
-    extract_state_dict,
-    load_checkpoint,
-    save_checkpoint,
-)
-from timm_bot.models import PAPER_MEAN, PAPER_STD
-
-ARCH = 'resnet18d_tiny_bot'
+import timm_bot  # noqa: F401  (registers the _bot models)
+from timm_bot.checkpoint import UnsafeCheckpointError, create_model_from_checkpoint, load_checkpoint, save_checkpoint
 
 
-def _train_ckpt(model, **extra):
-    return {
-        'arch': ARCH, 'num_classes': model.num_classes, 'state_dict': model.state_dict(),
-        'data_config': {'mean': [0.5, 0.5, 0.5], 'std': [0.25, 0.25, 0.25], 'input_size': [3, 32, 32],
-                        'crop_pct': 1.0, 'interpolation': 'bicubic'},
-        'label_names': [f'class{i}' for i in range(model.num_classes)],
-        'args': {'lr': 0.1, 'smoothing': 0.1, 'mixup': None}, 'epoch': 3, **extra,
-    }
+def train_checkpoint(model, **extra) -> dict:
+    return {'arch': 'resnet18d_tiny_bot', 'model_args': {}, 'num_classes': model.num_classes,
+            'state_dict': model.state_dict(), 'label_names': [str(i) for i in range(model.num_classes)],
+            'data_config': {'mean': [0.5] * 3, 'std': [0.25] * 3, 'input_size': [3, 32, 32], 'crop_pct': 1.0,
+                            'interpolation': 'bicubic'}, **extra}
 
 
-def _files(directory):
-    return sorted(p.name for p in directory.iterdir())
-
-
-def test_roundtrip(tmp_path):
-    state = {'t': torch.randn(3, 4), 'i': 7, 'f': 0.5, 's': 'x', 'l': [1, 'a', None], 'd': {'n': torch.arange(3)}}
-    path = tmp_path / 'sub' / 'ckpt.pth'
-    save_checkpoint(state, path)
-    assert _files(path.parent) == ['ckpt.pth']  # no temp file left
-    loaded = load_checkpoint(path)
-    assert torch.equal(loaded['t'], state['t']) and torch.equal(loaded['d']['n'], state['d']['n'])
-    assert {k: loaded[k] for k in 'ifsl'} == {k: state[k] for k in 'ifsl'}
-
-
-def test_save_replaces_existing_file(tmp_path):
-    path = tmp_path / 'ckpt.pth'
-    save_checkpoint({'epoch': 1}, path)
-    save_checkpoint({'epoch': 2}, path)
-    assert load_checkpoint(path)['epoch'] == 2
-    assert _files(tmp_path) == ['ckpt.pth']
-
-
-def test_crash_during_save_keeps_old_file(tmp_path, monkeypatch):
-    path = tmp_path / 'ckpt.pth'
-    save_checkpoint({'epoch': 1, 'w': torch.ones(100)}, path)
-    real_save = torch.save
-
-    def half_save_then_crash(obj, f, *args, **kwargs):
-        real_save(obj, f, *args, **kwargs)
-        f.seek(0)
-        f.truncate(f.tell() // 2 + 10)
-        raise OSError('disk full (simulated)')
-
-    monkeypatch.setattr(torch, 'save', half_save_then_crash)
-    with pytest.raises(OSError, match='simulated'):
-        save_checkpoint({'epoch': 2, 'w': torch.zeros(100)}, path)
-    monkeypatch.undo()
-    loaded = load_checkpoint(path)
-    assert loaded['epoch'] == 1 and torch.equal(loaded['w'], torch.ones(100))
-    assert _files(tmp_path) == ['ckpt.pth']
-
-
-def test_save_refuses_what_weights_only_cannot_load(tmp_path):
-    path = tmp_path / 'ckpt.pth'
-    save_checkpoint({'epoch': 1}, path)
-    with pytest.raises(TypeError, match='argparse.Namespace'):
-        save_checkpoint({'epoch': 2, 'args': argparse.Namespace(lr=0.1)}, path)
-    assert load_checkpoint(path)['epoch'] == 1
-    assert _files(tmp_path) == ['ckpt.pth']
-
-
-class _Payload:
-    """A pickle that creates a file when unpickled -- stands in for arbitrary code execution."""
-
-    def __init__(self, target):
-        self.target = str(target)
+class Payload:
+    def __init__(self, marker):
+        self.marker = marker
 
     def __reduce__(self):
-        return open, (self.target, 'w')
+        return os.system, (f'touch {self.marker}',)
 
 
-def test_malicious_pickle_is_refused(tmp_path):
-    evil, marker = tmp_path / 'evil.pth', tmp_path / 'pwned'
-    torch.save({'state_dict': _Payload(marker)}, evil)
-    # the payload is real: unsafe loading would create a file
-    probe = tmp_path / 'probe'
-    torch.save({'x': _Payload(probe)}, tmp_path / 'probe.pth')
-    torch.load(tmp_path / 'probe.pth', weights_only=False)
-    assert probe.exists()
-
-    with pytest.raises(UnsafeCheckpointError, match='execute arbitrary code') as info:
-        load_checkpoint(evil)
-    assert isinstance(info.value, ValueError)
-    assert 'evil.pth' in str(info.value)
-    assert not marker.exists()
-    with pytest.raises(UnsafeCheckpointError):
-        create_model_from_checkpoint(evil)
-    assert not marker.exists()
+def test_roundtrip_leaves_no_temp_file(tmp_path):
+    state = {'t': torch.randn(3, 4), 'i': 7, 's': 'x', 'l': [1, None], 'd': {'n': torch.arange(3)}}
+    save_checkpoint(state, tmp_path / 'sub' / 'c.pth')
+    save_checkpoint(dict(state, i=8), tmp_path / 'sub' / 'c.pth')
+    loaded = load_checkpoint(tmp_path / 'sub' / 'c.pth')
+    assert torch.equal(loaded['t'], state['t']) and loaded['i'] == 8 and loaded['l'] == [1, None]
+    assert os.listdir(tmp_path / 'sub') == ['c.pth']
 
 
-def test_plain_pickle_file_is_refused(tmp_path):
-    path = tmp_path / 'legacy.pkl'
-    with open(path, 'wb') as f:
-        torch.save({'args': argparse.Namespace(lr=0.1)}, f, _use_new_zipfile_serialization=False)
-    with pytest.raises(UnsafeCheckpointError, match='Namespace'):
-        load_checkpoint(path)
-
-
-@pytest.mark.parametrize('cut', [0.5, 0.0])
-def test_truncated_file(tmp_path, cut):
-    path = tmp_path / 'ckpt.pth'
-    save_checkpoint({'w': torch.randn(1000)}, path)
-    data = path.read_bytes()
-    path.write_bytes(data[:int(len(data) * cut)])
-    with pytest.raises(ValueError, match='ckpt.pth') as info:
-        load_checkpoint(path)
-    assert not isinstance(info.value, UnsafeCheckpointError)
-    assert 'corrupt' in str(info.value)
-
-
-def test_garbage_and_non_dict(tmp_path):
-    garbage = tmp_path / 'garbage.pth'
-    garbage.write_bytes(b'not a checkpoint' * 10)
-    with pytest.raises(ValueError, match='garbage.pth'):
-        load_checkpoint(garbage)
-    tensor_file = tmp_path / 'tensor.pth'
-    torch.save(torch.ones(2), tensor_file)
-    with pytest.raises(ValueError, match='expected a dict'):
-        load_checkpoint(tensor_file)
-
-
-def test_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match='not found'):
-        load_checkpoint(tmp_path / 'nope.pth')
-
-
-def test_create_model_from_checkpoint(tmp_path):
-    torch.manual_seed(0)
-    model = timm.create_model(ARCH, num_classes=7).eval()
-    path = tmp_path / 'ckpt.pth'
-    save_checkpoint(_train_ckpt(model), path)
-    restored, ckpt = create_model_from_checkpoint(path)
-    assert not restored.training and restored.num_classes == 7 and ckpt['epoch'] == 3
-    x = torch.randn(2, 3, 32, 32)
-    torch.testing.assert_close(restored(x), model(x), rtol=0, atol=0)
-    cfg = timm.data.resolve_data_config(model=restored)
-    assert cfg['mean'] == (0.5, 0.5, 0.5) and cfg['interpolation'] == 'bicubic'
-
-
-def test_create_model_ema_and_prefix(tmp_path):
-    torch.manual_seed(0)
-    model, ema = timm.create_model(ARCH).eval(), timm.create_model(ARCH).eval()
-    ddp_state = {f'module.{k}': v for k, v in model.state_dict().items()}
-    path = tmp_path / 'ckpt.pth'
-    save_checkpoint(_train_ckpt(model, state_dict=ddp_state, state_dict_ema=ema.state_dict()), path)
-    x = torch.randn(2, 3, 32, 32)
-    restored, _ = create_model_from_checkpoint(path)
-    torch.testing.assert_close(restored(x), model(x), rtol=0, atol=0)
-    restored_ema, _ = create_model_from_checkpoint(path, use_ema=True)
-    torch.testing.assert_close(restored_ema(x), ema(x), rtol=0, atol=0)
-
-    save_checkpoint(_train_ckpt(model), path)
-    with pytest.raises(ValueError, match='state_dict_ema'):
-        create_model_from_checkpoint(path, use_ema=True)
-
-
-def test_create_model_mismatch_names_what_differs(tmp_path):
-    model = timm.create_model(ARCH, num_classes=5)
-    path = tmp_path / 'ckpt.pth'
-    save_checkpoint(_train_ckpt(model, num_classes=10), path)
-    with pytest.raises(ValueError, match=r"arch='resnet18d_tiny_bot', num_classes=10.*fc.weight: checkpoint \(5, "):
-        create_model_from_checkpoint(path)
-    state = model.state_dict()
-    del state['fc.bias']
-    save_checkpoint(_train_ckpt(model, state_dict=state), path)
-    with pytest.raises(ValueError, match='missing keys: fc.bias'):
-        create_model_from_checkpoint(path)
-
-
-def test_bare_state_dict(tmp_path):
-    model = timm.create_model(ARCH)
-    path = tmp_path / 'weights.pth'
-    save_checkpoint({f'module.{k}': v for k, v in model.state_dict().items()}, path)
-    state = extract_state_dict(load_checkpoint(path))
-    assert set(state) == set(model.state_dict())
-    with pytest.raises(ValueError, match='bare state dict'):
-        create_model_from_checkpoint(path)
-
-
-def test_safetensors_weights(tmp_path):
-    from safetensors.torch import save_file
-
-    model = timm.create_model(ARCH)
-    path = tmp_path / 'weights.safetensors'
-    save_file(model.state_dict(), path)
-    state = extract_state_dict(load_checkpoint(path))
-    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
-    path.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(ValueError, match='weights.safetensors'):
-        load_checkpoint(path)
-
-
-def test_model_default_cfg_untouched_for_other_models(tmp_path):
-    """Applying a checkpoint's data_config must not leak into timm's registry default for the arch."""
-    model = timm.create_model(ARCH)
-    path = tmp_path / 'ckpt.pth'
-    save_checkpoint(_train_ckpt(model), path)
-    create_model_from_checkpoint(path)
-    assert timm.create_model(ARCH).pretrained_cfg['mean'] == PAPER_MEAN
-    assert tuple(timm.create_model(ARCH).pretrained_cfg['std']) == PAPER_STD
-
-
-def test_saved_file_is_loadable_with_plain_torch(tmp_path):
-    path = tmp_path / 'ckpt.pth'
-    save_checkpoint({'epoch': 5}, path)
-    assert torch.load(path, weights_only=True) == {'epoch': 5}
-    assert os.stat(path).st_mode & 0o777 == 0o666 & ~_umask()  # not mkstemp's 0o600
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def test_save_removes_temp_files_of_killed_writers(tmp_path):
-    path = tmp_path / 'last.pth.tar'
-    dead_pid = 2 ** 22 + 12345  # above the default pid_max: no such process
-    stale = tmp_path / f'.last.pth.tar.{dead_pid}.deadbeef.tmp'
-    stale.write_bytes(b'half a checkpoint')
-    unrelated = tmp_path / f'.other.pth.tar.{dead_pid}.deadbeef.tmp'
-    unrelated.write_bytes(b'x')
+def test_a_failed_save_keeps_the_old_file(tmp_path):
+    path = tmp_path / 'c.pth'
     save_checkpoint({'epoch': 1}, path)
-    assert not stale.exists() and unrelated.exists()
-    assert load_checkpoint(path)['epoch'] == 1
+    with pytest.raises(TypeError, match='weights_only'):  # an object weights-only loading would refuse
+        save_checkpoint({'epoch': 2, 'args': argparse.Namespace(lr=0.1)}, path)
+    assert load_checkpoint(path) == {'epoch': 1} and os.listdir(tmp_path) == ['c.pth']
+
+
+def test_sigkill_during_writes_never_corrupts_the_checkpoint(tmp_path):
+    """A writer saving 4 MB checkpoints in a loop is SIGKILLed 5 times at random moments: the file always loads,
+    and the next save removes the killed writer's temp file."""
+    path = tmp_path / 'last.pth.tar'
+    save_checkpoint({'step': -1}, path)
+    code = ('import sys, torch; from timm_bot.checkpoint import save_checkpoint\n'
+            'w = torch.randn(1_000_000)\nfor i in range(10**6): save_checkpoint({"step": i, "w": w}, sys.argv[1])')
+    for kill in range(5):
+        p = subprocess.Popen([sys.executable, '-c', code, str(path)])
+        time.sleep(2.5 + 0.37 * kill)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        assert isinstance(load_checkpoint(path)['step'], int)
+    save_checkpoint({'step': 0}, path)
+    assert os.listdir(tmp_path) == ['last.pth.tar']
+
+
+def test_code_executing_pickles_are_refused_without_running(tmp_path):
+    torch.save({'x': Payload(tmp_path / 'probe')}, tmp_path / 'probe.pth')
+    torch.load(tmp_path / 'probe.pth', weights_only=False)
+    assert (tmp_path / 'probe').exists(), 'the payload is not live: the test would prove nothing'
+    torch.save({'state_dict': Payload(tmp_path / 'pwned')}, tmp_path / 'evil.pth')
+    for load in (load_checkpoint, create_model_from_checkpoint):
+        with pytest.raises(UnsafeCheckpointError, match='execute arbitrary code'):
+            load(tmp_path / 'evil.pth')
+    assert not (tmp_path / 'pwned').exists()
+
+
+@pytest.mark.parametrize('content, match', [
+    (b'model: resnet18d\nlr: 0.1\n', 'is not a checkpoint'),  # a YAML file
+    (b'PK\x03\x04garbage' * 10, 'truncated or not a checkpoint'),
+    (b'', 'is not a checkpoint'),
+])
+def test_files_that_are_not_checkpoints(tmp_path, content, match):
+    path = tmp_path / 'x.pth.tar'
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=match) as info:
+        load_checkpoint(path)
+    assert not isinstance(info.value, UnsafeCheckpointError) and '\n' not in str(info.value)
+
+
+def test_truncated_checkpoint_and_folders(tmp_path):
+    save_checkpoint({'w': torch.randn(10_000)}, tmp_path / 'c.pth')
+    data = (tmp_path / 'c.pth').read_bytes()
+    (tmp_path / 'c.pth').write_bytes(data[:len(data) // 2])
+    with pytest.raises(ValueError, match='truncated'):
+        load_checkpoint(tmp_path / 'c.pth')
+    with pytest.raises(ValueError, match='is a folder'):
+        load_checkpoint(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / 'missing.pth')
+
+
+def test_model_from_checkpoint_with_ema_and_preprocessing(tmp_path):
+    model = timm.create_model('resnet18d_tiny_bot', num_classes=7)
+    ema = {k: v + 1 if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    save_checkpoint(train_checkpoint(model, state_dict_ema=ema), tmp_path / 'c.pth')
+    rebuilt, ckpt = create_model_from_checkpoint(tmp_path / 'c.pth')
+    x = torch.randn(2, 3, 32, 32)
+    assert not rebuilt.training and torch.equal(rebuilt(x), model.eval()(x))
+    cfg = timm.data.resolve_data_config(model=rebuilt)
+    assert cfg['mean'] == (0.5,) * 3 and cfg['interpolation'] == 'bicubic' and cfg['input_size'] == (3, 32, 32)
+    ema_model, _ = create_model_from_checkpoint(tmp_path / 'c.pth', use_ema=True)
+    assert torch.equal(ema_model.state_dict()['fc.bias'], ema['fc.bias'])
+
+
+def test_model_from_checkpoint_errors_are_one_line(tmp_path):
+    model = timm.create_model('resnet18d_tiny_bot', num_classes=7)
+    save_checkpoint(train_checkpoint(model), tmp_path / 'no_ema.pth')
+    with pytest.raises(ValueError, match='no EMA weights'):
+        create_model_from_checkpoint(tmp_path / 'no_ema.pth', use_ema=True)
+    save_checkpoint(train_checkpoint(model, num_classes=5), tmp_path / 'mismatch.pth')
+    with pytest.raises(ValueError, match='do not fit resnet18d_tiny_bot') as info:
+        create_model_from_checkpoint(tmp_path / 'mismatch.pth')
+    assert 'fc.weight' in str(info.value) and '\n' not in str(info.value)
+    save_checkpoint(model.state_dict(), tmp_path / 'bare.pth')
+    with pytest.raises(ValueError, match='not a train.py checkpoint'):
+        create_model_from_checkpoint(tmp_path / 'bare.pth')
+
+
+def test_export_folder_is_a_checkpoint(tmp_path):
+    model = timm.create_model('resnet18d', num_classes=3).eval()
+    timm.models.save_for_hf(model, str(tmp_path / 'export'), model_config={'label_names': ['a', 'b', 'c']})
+    rebuilt, ckpt = create_model_from_checkpoint(tmp_path / 'export')
+    x = torch.randn(1, 3, 64, 64)
+    assert torch.equal(rebuilt(x), model(x)) and ckpt['label_names'] == ['a', 'b', 'c'] and ckpt['num_classes'] == 3

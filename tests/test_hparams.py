@@ -2,9 +2,21 @@
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
-from timm_bot.hparams import HparamsError, TrainHparams, load_hparams, parse_overrides
+from timm_bot.hparams import (
+    HparamsError,
+    TrainHparams,
+    build_parser,
+    check_resume_changes,
+    load_hparams,
+    resolve_device,
+)
+
+
+def parse_overrides(argv: list[str]) -> dict:
+    return {k: v for k, v in vars(build_parser().parse_args(argv)).items() if k not in ('hparams', 'resume')}
 
 HPARAMS = sorted((Path(__file__).parents[1] / 'hparams').glob('*.yaml'))
 
@@ -13,7 +25,12 @@ HPARAMS = sorted((Path(__file__).parents[1] / 'hparams').glob('*.yaml'))
 def test_every_recipe_loads(path, tmp_path):
     overrides = {'data_dir': str(tmp_path)} if 'imagenet' in path.stem or 'cifar' in path.stem else None
     hp = load_hparams(path, overrides)
-    assert isinstance(hp, TrainHparams)
+    import timm
+
+    import timm_bot  # noqa: F401
+    assert isinstance(hp, TrainHparams) and timm.is_model(hp.model), hp.model
+    if path.stem == 'imagenet_inception_v3':
+        assert hp.img_size == 299  # the paper's input size for Inception-V3
 
 
 def test_paper_recipes_have_the_papers_settings():
@@ -57,7 +74,7 @@ def test_override_wins_over_file(tmp_path):
     ({'smoothing': 1.0}, r'smoothing=1.0 is invalid: expected a number in \[0, 1\)'),
     ({'mixup': -0.2}, 'mixup=-0.2 is invalid'),
     ({'batch_size': 0}, 'batch_size=0 is invalid'),
-    ({'sched': 'cosin'}, "did you mean 'cosine'"),
+    ({'sched': 'cosin'}, "Did you mean 'cosine'"),
     ({'opt': 'ngd'}, "opt='ngd' is not one of"),
     ({'data_dir': '/no/such/dir'}, 'data_dir'),
     ({'warmup_epochs': 200, 'epochs': 100}, 'warmup_epochs'),
@@ -93,3 +110,30 @@ def test_exponent_floats_without_dot(tmp_path):
     assert (hp.lr, hp.weight_decay, hp.momentum, hp.scale) == (1e-3, 5e-5, 0.9, [0.08, 1.0])
     with pytest.raises(HparamsError, match='wrong type'):
         load_hparams(None, {'lr': '1e-3x'})
+
+
+def test_later_files_override_earlier_ones(tmp_path):
+    (tmp_path / 'row.yaml').write_text('sched: step\nmixup: 0.2\n')
+    hp = load_hparams(['hparams/quickstart.yaml', tmp_path / 'row.yaml'], {'mixup': 0.1})
+    assert (hp.model, hp.sched, hp.mixup) == ('resnet18d_tiny_bot', 'step', 0.1)
+
+
+def test_unknown_command_line_key_suggests_the_nearest():
+    with pytest.raises(HparamsError, match="unknown key 'lr_bse': did you mean '--lr_base'"):
+        build_parser().parse_args(['--lr_bse', '0.1'])
+
+
+def test_resume_may_change_only_what_does_not_alter_the_run():
+    saved = dict(load_hparams('hparams/quickstart.yaml').to_dict(), lr=0.1)
+    check_resume_changes(saved, load_hparams('hparams/quickstart.yaml', {'epochs': 30, 'workers': 4}), 0.1)
+    with pytest.raises(HparamsError, match=r"cannot change mixup 0.0 -> 0.2"):
+        check_resume_changes(saved, load_hparams('hparams/quickstart.yaml', {'mixup': 0.2}), 0.1)
+
+
+def test_devices():
+    assert resolve_device('cpu') == torch.device('cpu')
+    assert resolve_device('auto').type == ('cuda' if torch.cuda.is_available() else 'mps'
+                                           if torch.backends.mps.is_available() else 'cpu')
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device 'cuda:1' is not available here"):
+            resolve_device('cuda:1')

@@ -144,12 +144,12 @@ def test_tqdm_is_a_declared_dependency():
 @pytest.mark.parametrize('argv, expected', [
     (['--smothing', '0.1'], "unknown key 'smothing': did you mean '--smoothing'?"),
     (['--epochs', 'abc'], "epochs='abc' has the wrong type (str): expected int"),
-    (['--epochs', '1', '--warmup_epochs', '1'], 'warmup_epochs is invalid: expected >= 0 and shorter than epochs=1'),
+    (['--epochs', '1', '--warmup_epochs', '1'], 'warmup_epochs=1.0 is invalid: expected >= 0 and shorter than epochs'),
     (['--model', 'resnet18dd'], "model 'resnet18dd' is not a timm model; did you mean resnet18d"),
     (['--opt', 'nagg'], "opt='nagg' is not one of nag, "),
-    (['--device', 'gpu'], "device is invalid: expected 'auto', 'cpu', 'cuda[:N]' or 'mps'"),
+    (['--device', 'gpu'], "device='gpu' is invalid: expected 'auto', 'cpu', 'cuda[:N]' or 'mps'"),
     (['--device', 'cuda'], "device 'cuda' is not available here"),
-    (['--data_dir', '/nonexistent'], 'data_dir is invalid'),
+    (['--data_dir', '/nonexistent'], "data_dir='/nonexistent' is invalid"),
     (['--hparams', 'hparams'], 'hparams is a folder: give one YAML file from it'),
     (['--push_to_hub', 'not a repo id!'], 'not a valid Hub repo id'),
 ])

@@ -1,6 +1,4 @@
 """Knowledge distillation, section 5.3 of *Bag of Tricks* (He et al., 2019; Hinton et al., 2015): a frozen teacher."""
-from __future__ import annotations
-
 import os
 import warnings
 from collections.abc import Sequence
@@ -12,20 +10,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import resolve_data_config
 
-from . import models  # noqa: F401  (registers the '_bot' architectures)
 from .checkpoint import create_model_from_checkpoint
 
 __all__ = ['DistillationLoss', 'load_teacher']
 
 
-def load_teacher(spec: str, num_classes: int,
-                 label_names: Sequence[str] | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """The section 5.3 teacher: ``(model frozen in eval mode, its data config incl. 'mean' and 'std')``.
-
-    ``spec`` is a train.py checkpoint or export folder, ``hf-hub:ORG/NAME``, ``local-dir:DIR`` or a timm model name
-    (with its pretrained weights; randomly initialized, with a warning, when it has none). Raises ValueError when the
-    teacher predicts another number of classes, or other label names, than the student.
-    """
+def load_teacher(spec: str, num_classes: int, label_names: Sequence[str] | None = None) -> tuple[nn.Module, dict]:
+    """Section 5.3 teacher ``(frozen eval model, data config)`` from a checkpoint, export folder, ``hf-hub:``,
+    ``local-dir:`` or timm name (random, with a warning, if weightless); ValueError if its classes or labels differ."""
     if os.path.exists(spec):
         teacher, ckpt = create_model_from_checkpoint(spec)
         teacher_classes, teacher_labels = ckpt['num_classes'], ckpt.get('label_names')
@@ -46,22 +38,15 @@ def load_teacher(spec: str, num_classes: int,
         raise ValueError(f'teacher {spec!r} was trained on other labels than the student (class: teacher vs '
                          f"student): {', '.join(diff[:3]) or f'{len(teacher_labels)} vs {len(label_names)} labels'}")
     data_config = resolve_data_config(model=teacher)
-    data_config['mean'] = tuple(float(v) for v in data_config['mean'])
-    data_config['std'] = tuple(float(v) for v in data_config['std'])
+    data_config.update({key: tuple(float(v) for v in data_config[key]) for key in ('mean', 'std')})
     return teacher.eval().requires_grad_(False), data_config
-
-
-def _channels(values: Sequence[float]) -> torch.Tensor:
-    return torch.as_tensor(values, dtype=torch.float32).view(1, -1, 1, 1)
 
 
 class DistillationLoss(nn.Module):
     """Section 5.3 loss ``base_loss(z, target) + T^2 KL(softmax(r/T) || softmax(z/T))``, batch mean (paper T = 20).
 
-    r are the teacher's logits on the same (e.g. mixed) inputs, re-normalized from the student's mean/std to the
-    teacher's, computed under ``no_grad`` with the teacher in eval mode. The paper's soft cross entropy is this KL
-    plus the teacher's entropy, a constant for the student: same gradients, but this value moves as the student
-    learns. ``last_base_loss`` / ``last_distill_loss`` hold the two (detached) parts of the last call.
+    r: the frozen teacher's logits on the same inputs, re-normalized to its mean/std. KL = the paper's soft cross
+    entropy minus the teacher's entropy (same gradients). ``last_base_loss`` / ``last_distill_loss``: the two parts.
     """
 
     def __init__(self, teacher: nn.Module, base_loss: nn.Module, temperature: float,
@@ -71,19 +56,18 @@ class DistillationLoss(nn.Module):
         if not temperature > 0:
             raise ValueError(f'distillation temperature must be > 0, got {temperature!r}')
         self.teacher = teacher.eval().requires_grad_(False)
-        self.base_loss = base_loss
-        self.temperature = float(temperature)
-        s_mean, s_std, t_mean, t_std = map(_channels, (student_mean, student_std, teacher_mean, teacher_std))
+        self.base_loss, self.temperature = base_loss, float(temperature)
+        stats = (student_mean, student_std, teacher_mean, teacher_std)
+        s_mean, s_std, t_mean, t_std = (torch.as_tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in stats)
         self.renormalize = not (torch.equal(s_mean, t_mean) and torch.equal(s_std, t_std))
         self.register_buffer('scale', s_std / t_std, persistent=False)  # x_t = (x std_s + mean_s - mean_t) / std_t
         self.register_buffer('shift', (s_mean - t_mean) / t_std, persistent=False)
-        self.last_base_loss: torch.Tensor | None = None
-        self.last_distill_loss: torch.Tensor | None = None
+        self.last_base_loss = self.last_distill_loss = None  # detached parts of the last call
 
     def extra_repr(self) -> str:
         return f'temperature={self.temperature}, renormalize={self.renormalize}'
 
-    def train(self, mode: bool = True) -> DistillationLoss:
+    def train(self, mode: bool = True) -> nn.Module:
         """Train mode for the base loss only: the teacher stays in eval mode (its BatchNorm statistics are fixed)."""
         super().train(mode)
         self.teacher.eval()
@@ -93,8 +77,7 @@ class DistillationLoss(nn.Module):
         with torch.no_grad():
             teacher_logits = self.teacher(inputs * self.scale + self.shift if self.renormalize else inputs)
         t = self.temperature
-        log_p_student = F.log_softmax(student_logits.float() / t, dim=-1)
-        log_p_teacher = F.log_softmax(teacher_logits.float() / t, dim=-1)
+        log_p_student, log_p_teacher = (F.log_softmax(z.float() / t, dim=-1) for z in (student_logits, teacher_logits))
         distill = F.kl_div(log_p_student, log_p_teacher, reduction='batchmean', log_target=True) * (t * t)
         base = self.base_loss(student_logits, target)
         self.last_base_loss, self.last_distill_loss = base.detach(), distill.detach()

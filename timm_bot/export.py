@@ -1,15 +1,9 @@
 """Export a train.py checkpoint as a timm / Hugging Face Hub model folder, and push it to the Hub.
 
-    python -m timm_bot.export CKPT_OR_RUN_DIR OUT [--use-ema] [--overwrite] [--push-to-hub USER/NAME] [--private]
-    python -m timm_bot.export OUT --push-to-hub USER/NAME [--private]      # upload an existing export (a retry)
-
-Publishing for models trained with *Bag of Tricks* (He et al., CVPR 2019, arXiv:1812.01187): timm's ``save_for_hf``
-writes ``model.safetensors`` + ``config.json``, a ``huggingface_hub.ModelCard`` (``model_card.md``) the ``README.md``.
-A ``*_bot`` ResNet-B/C/D (tiny ones too) is written as timm's own ``resnet*`` + ``model_args``, so plain timm loads it;
-the original ResNet keeps its name. Atomic (temp folder, checked bit for bit, renamed); the token is never shown.
+timm's ``save_for_hf`` writes ``model.safetensors`` + ``config.json``, a ``huggingface_hub.ModelCard`` the README.md;
+a ``*_bot`` ResNet-B/C/D becomes timm's own ``resnet*`` + ``model_args``. Atomic; the token is never shown.
+``python -m timm_bot.export EXPORT_DIR --push-to-hub USER/NAME`` uploads an existing export (a retry).
 """
-from __future__ import annotations
-
 import argparse
 import csv
 import json
@@ -30,7 +24,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from timm.models import model_entrypoint, save_for_hf
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from .checkpoint import create_model_from_checkpoint, fsync_path, load_checkpoint
+from .checkpoint import create_model_from_checkpoint, fsync_path, load_checkpoint, resolve_architecture
 
 __all__ = ['ExportError', 'HubPushError', 'check_repo_id', 'export_checkpoint', 'push_export_to_hub',
            'timm_architecture', 'main']
@@ -38,10 +32,8 @@ __all__ = ['ExportError', 'HubPushError', 'check_repo_id', 'export_checkpoint', 
 EXPORT_FILES = ('model.safetensors', 'config.json', 'README.md')
 TEMPLATE = Path(__file__).with_name('model_card.md')
 PAPER_TITLE = 'Bag of Tricks for Image Classification with Convolutional Neural Networks'
-# The architecture's pretrained_cfg keys kept in config.json; the rest (hf_hub_id, tag, url, ...) are other weights'.
 CFG_KEYS = ('input_size', 'crop_pct', 'interpolation', 'mean', 'std', 'crop_mode', 'num_classes', 'pool_size',
-            'first_conv', 'classifier', 'fixed_input_size')
-PRIVATE_ARGS = ('output', 'export_dir', 'resume')  # machine-local folders: not in the card
+            'first_conv', 'classifier', 'fixed_input_size')  # kept in config.json (not tag, url, ...: other weights)
 
 
 class ExportError(ValueError):
@@ -68,36 +60,33 @@ def _resnet_args(model: torch.nn.Module) -> dict[str, Any] | None:
 
 
 def timm_architecture(model: torch.nn.Module, arch: str) -> tuple[str, dict[str, Any]]:
-    """``(name, model_args)`` with which plain timm builds the same module tree as ``model`` (a ``*_bot`` ResNet-B/C/D
-    becomes e.g. ``resnet50d`` or ``resnet18d`` + ``channels``); ``(arch, {})`` when timm has no such model."""
+    """``(name, model_args)`` for plain timm's same module tree (``resnet50d``, ``resnet18d`` + ``channels``, ...)."""
     want = _resnet_args(model)
     if _is_timm(arch) or want is None:
         return arch, {}
     base = re.sub(r'(_tiny)?_bot$', '', arch)
     by_block = 'resnet50' if type(model.layer1[0]) is Bottleneck else 'resnet18'
     for name in dict.fromkeys([base, re.sub(r'[a-z]+$', '', base), by_block]):
-        if not timm.is_model(name) or not _is_timm(name):
-            continue
-        with torch.device('meta'):
-            default = _resnet_args(timm.create_model(name)) or {}
-            args = {k: v for k, v in want.items() if default.get(k) != v}
-            candidate = timm.create_model(name, num_classes=model.num_classes, **args)
-        if [repr(m) for m in candidate.children()] == [repr(m) for m in model.children()]:
-            return name, args
+        if timm.is_model(name) and _is_timm(name):
+            with torch.device('meta'):
+                default = _resnet_args(timm.create_model(name)) or {}
+                args = {k: v for k, v in want.items() if default.get(k) != v}
+                candidate = timm.create_model(name, num_classes=model.num_classes, **args)
+            if [repr(m) for m in candidate.children()] == [repr(m) for m in model.children()]:
+                return name, args
     return arch, {}
 
 
 def _public(value: Any, key: str = '') -> Any:
     """A recipe value a reader can use: no machine-local path (a dataset/model name or the last path component)."""
-    if isinstance(value, dict):
-        return {k: _public(v, k) for k, v in value.items() if k not in PRIVATE_ARGS}
+    if isinstance(value, dict):  # output, export_dir, resume: machine-local folders, not in the card
+        return {k: _public(v, k) for k, v in value.items() if k not in ('output', 'export_dir', 'resume')}
     if not isinstance(value, str) or value.startswith('hf-hub:'):
         return value
     if key in ('model', 'teacher') and (value.startswith('local-dir:') or os.sep in value):
         path = Path(value.removeprefix('local-dir:')).expanduser()
         try:  # a local model folder or checkpoint: its architecture
-            return json.loads((path / 'config.json').read_text())['architecture'] if path.is_dir() \
-                else str(load_checkpoint(path)['arch'])
+            return resolve_architecture(f'local-dir:{path}')[0] if path.is_dir() else load_checkpoint(path)['arch']
         except (OSError, ValueError, KeyError):
             return path.name
     if key == 'data_dir' or os.path.isabs(value) or value.startswith('~'):
@@ -106,37 +95,35 @@ def _public(value: Any, key: str = '') -> Any:
 
 
 def _model_card(ckpt: dict[str, Any], checkpoint: Path, architecture: str, export_args: dict[str, Any],
-                use_ema: bool, repo_id: str | None, license: str, params: int) -> Any:
+                use_ema: bool, repo_id: str | None, license: str, params: int) -> ModelCard:
     """README.md: Hub front matter (timm, tags, dataset, base model, model-index of the measured accuracy) + text."""
-    args_file = checkpoint.parent / 'args.yaml'
+    args_file, summary = checkpoint.parent / 'args.yaml', checkpoint.parent / 'summary.csv'
     args = _public(yaml.safe_load(args_file.read_text()) if args_file.is_file() else dict(ckpt.get('args') or {}))
-    history, summary = list(ckpt.get('history') or []), checkpoint.parent / 'summary.csv'
+    history = list(ckpt.get('history') or [])
     if summary.is_file():  # the whole run (timm's update_summary columns), not only up to this checkpoint
         with summary.open(newline='') as f:
             history = [{k: float(v) if v else None for k, v in row.items()} for row in csv.DictReader(f)]
     dataset, split = str(args.get('data_dir') or 'unknown'), str(args.get('val_split') or 'val')
     prefix = 'eval_ema_' if use_ema else 'eval_'
     done = None if ckpt.get('batch_in_epoch') else ckpt.get('epoch')  # saved after epoch `done` - 1 (0-based)
-    rows = {'exported weights': next((r for r in history if done and r.get('epoch') == done - 1), None)}
-    if history:
-        rows.update({'best epoch': max(history, key=lambda r: r.get(prefix + 'top1') or -1),
-                     'final epoch': history[-1]})
+    rows = {'exported weights': next((r for r in history if done and r.get('epoch') == done - 1), None),
+            'best epoch': max(history, key=lambda r: r.get(prefix + 'top1') or -1, default=None),
+            'final epoch': history[-1] if history else None}
     rows = {label: dict(epoch=int(r['epoch']) + 1, **{k: r.get(prefix + k) for k in ('top1', 'top5', 'loss')})
             for label, r in rows.items() if r}
     exported = rows.get('exported weights', {})
     eval_results = [EvalResult(task_type='image-classification', task_name='Image Classification', metric_type=t,
-                               metric_name=n, metric_value=round(exported[k], 4), dataset_type=dataset,
-                               dataset_name=dataset, dataset_split=split)
-                    for k, t, n in (('top1', 'accuracy', 'Top-1 accuracy (%)'),
-                                    ('top5', 'top_5_accuracy', 'Top-5 accuracy (%)')) if exported.get(k) is not None]
+                               metric_name=f'{n} accuracy (%)', metric_value=round(exported[k], 4),
+                               dataset_type=dataset, dataset_name=dataset, dataset_split=split)
+                    for k, t, n in (('top1', 'accuracy', 'Top-1'), ('top5', 'top_5_accuracy', 'Top-5'))
+                    if exported.get(k) is not None]
     kind, _, spec = (ckpt.get('source') or '').partition(':')  # a fine-tune's base: Hub id or folder name
     base_model = (spec.split('@')[0] if kind == 'hf-hub' else Path(spec.rstrip('/\\')).name) or None
     name = repo_id.split('/')[-1] if repo_id else architecture
-    card_data = ModelCardData(
-        library_name='timm', license=license, pipeline_tag='image-classification',
-        datasets=[dataset] if args.get('data_dir') else None,
-        tags=['image-classification', 'timm', 'timm-bot', 'bag-of-tricks', 'arxiv:1812.01187'],
-        base_model=base_model, model_name=name, eval_results=eval_results or None)
+    card_data = ModelCardData(library_name='timm', license=license, pipeline_tag='image-classification',
+                              datasets=[dataset] if args.get('data_dir') else None, base_model=base_model,
+                              tags=['image-classification', 'timm', 'timm-bot', 'bag-of-tricks', 'arxiv:1812.01187'],
+                              model_name=name, eval_results=eval_results or None)
     return ModelCard.from_template(
         card_data, template_path=str(TEMPLATE), paper_title=PAPER_TITLE, model_name=name, base_model=base_model,
         architecture=architecture, export_args=json.dumps(export_args) if export_args else '', ckpt=ckpt,
@@ -151,12 +138,10 @@ def _check_destination(output_dir: Path, checkpoint: Path, overwrite: bool) -> N
         raise ExportError(f'output folder {output_dir} is a file: choose another path')
     if checkpoint.resolve().is_relative_to(output_dir.resolve()):
         raise ExportError(f'output folder {output_dir} contains the checkpoint {checkpoint}: choose another folder')
-    if output_dir.is_dir() and any(output_dir.iterdir()):
-        if not overwrite:
-            raise ExportError(f'output folder {output_dir} is not empty: pass --overwrite (overwrite=True) to replace '
-                              'a previous export, or choose another folder')
-        if not (output_dir / 'config.json').is_file():
-            raise ExportError(f'refusing to replace {output_dir}: it is not a previous export (no config.json)')
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
+        raise ExportError(f'output folder {output_dir} is not empty: pass --overwrite to replace a previous export')
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not (output_dir / 'config.json').is_file():
+        raise ExportError(f'refusing to replace {output_dir}: it is not a previous export (no config.json)')
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, output_dir: str | os.PathLike, push_to_hub: str | None = None,
@@ -190,9 +175,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, output_dir: str | os.PathLi
         reloaded = timm.create_model(f'local-dir:{tmp.resolve()}', pretrained=True).eval()
         x = torch.randn(1, *model.pretrained_cfg['input_size'], generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
-            same = torch.equal(reloaded(x), model(x)) and sorted(p.name for p in tmp.iterdir()) == sorted(EXPORT_FILES)
-        if not same:
-            raise ExportError(f'internal error: the export of {checkpoint} does not reproduce its outputs')
+            if not torch.equal(reloaded(x), model(x)) or sorted(p.name for p in tmp.iterdir()) != sorted(EXPORT_FILES):
+                raise ExportError(f'internal error: the export of {checkpoint} does not reproduce its outputs')
         for path in [*tmp.iterdir(), tmp]:
             fsync_path(path)
         _check_destination(output_dir, checkpoint, overwrite)  # nothing appeared there meanwhile
@@ -220,44 +204,35 @@ def check_repo_id(repo_id: str) -> str:
     return repo_id
 
 
-def _push_failure(err: Exception, endpoint: str) -> str:
-    status = getattr(getattr(err, 'response', None), 'status_code', None)
-    hint = {401: 'the Hub rejected the token (HTTP 401): set HF_TOKEN or run `hf auth login`',
-            403: 'the token may not write to this repo (HTTP 403): use a write token, check the namespace',
-            404: 'repo or namespace not found (HTTP 404)'}.get(status, f'HTTP {status}' if status else '')
-    if not status and {'ConnectError', 'ConnectionError', 'Timeout'} & {c.__name__ for c in type(err).__mro__}:
-        hint = f'could not reach the Hub at {endpoint} (no network?)'
-    return f'{hint} [{type(err).__name__}: {(str(err).splitlines() or [""])[0]}]'.lstrip()
-
-
 def push_export_to_hub(export_dir: str | os.PathLike, repo_id: str, *, private: bool = False,
-                       token: str | None = None, commit_message: str | None = None) -> str:
+                       token: str | None = None) -> str:
     """Upload the export files of ``export_dir`` (nothing else) to the Hub model repo ``repo_id``, creating it if
     needed, as timm's ``push_to_hf_hub`` does. Returns the commit URL. Raises ExportError / HubPushError."""
     export_dir = Path(export_dir)
     if not all((export_dir / n).is_file() for n in EXPORT_FILES):
-        raise ExportError(f'{export_dir} is not an export folder ({", ".join(EXPORT_FILES)}); write one with: '
-                          f'python -m timm_bot.export CHECKPOINT {shlex.quote(str(export_dir))}')
+        raise ExportError(f'{export_dir} is not an export folder (no {"/".join(EXPORT_FILES)}): export one first')
     check_repo_id(repo_id)
     retry = (f'the export in {export_dir} is intact; retry with: python -m timm_bot.export '
              f'{shlex.quote(str(export_dir))} --push-to-hub {repo_id}' + (' --private' if private else ''))
     secret = token or get_token()
     if not secret:
-        raise HubPushError(f'cannot push to {repo_id}: no Hugging Face token (set HF_TOKEN or run `hf auth login`); '
-                           f'{retry}')
+        raise HubPushError(f'cannot push to {repo_id}: no Hugging Face token (HF_TOKEN or `hf auth login`); {retry}')
     arch = json.loads((export_dir / 'config.json').read_text()).get('architecture')  # for the commit message
     api = HfApi(token=secret, library_name='timm', library_version=timm.__version__)
-    failure = None
     try:
         repo_id = api.create_repo(repo_id, private=private, exist_ok=True, repo_type='model').repo_id
-        commit = api.upload_folder(repo_id=repo_id, folder_path=export_dir, repo_type='model',
-                                   allow_patterns=list(EXPORT_FILES),
-                                   commit_message=commit_message or f'Add {arch} trained with timm-bot')
+        commit = api.upload_folder(repo_id=repo_id, folder_path=export_dir, allow_patterns=list(EXPORT_FILES),
+                                   commit_message=f'Add {arch} trained with timm-bot')
     except Exception as e:  # any client failure: one scrubbed line, raised outside this block (no chained error)
-        failure = _push_failure(e, api.endpoint)
-    if failure is not None:
-        raise HubPushError(f'pushing {export_dir} to {repo_id} failed: {failure}; {retry}'.replace(secret, '***'))
-    return str(commit.commit_url)
+        status = getattr(getattr(e, 'response', None), 'status_code', None)
+        hint = {401: 'the Hub rejected the token (HTTP 401): set HF_TOKEN or run `hf auth login`',
+                403: 'the token may not write to this repo (HTTP 403)'}.get(status, f'HTTP {status}' if status else '')
+        if not status and {'ConnectError', 'ConnectionError', 'Timeout'} & {c.__name__ for c in type(e).__mro__}:
+            hint = f'could not reach the Hub at {api.endpoint} (no network?)'
+        failure = f'{hint} [{type(e).__name__}: {(str(e).splitlines() or [""])[0]}]'.lstrip()
+    else:
+        return str(commit.commit_url)
+    raise HubPushError(f'pushing {export_dir} to {repo_id} failed: {failure}; {retry}'.replace(secret, '***'))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,9 +23,8 @@ class HparamsError(ValueError):
 
 
 def _h(default: Any, help: str) -> Any:
-    factory = (lambda: list(default)) if isinstance(default, list) else None
-    if factory:
-        return field(default_factory=factory, metadata={'help': help})
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={'help': help})
     return field(default=default, metadata={'help': help})
 
 
@@ -107,19 +106,18 @@ class TrainHparams:
         _choice('interpolation', self.interpolation, ('bilinear', 'bicubic', 'nearest', 'random'))
         import timm.optim
         _choice('opt', self.opt, ['nag'] + sorted(set(timm.optim.list_optimizers()) - {'nag'}))
-        for key in ('epochs', 'batch_size', 'grad_accum_steps', 'img_size', 'lr_base_size'):
-            _check(key, getattr(self, key) >= 1, 'an integer >= 1')
-        for key in ('workers', 'checkpoint_interval', 'log_interval'):
-            _check(key, getattr(self, key) >= 0, 'an integer >= 0')
+        for low, keys in ((1, ('epochs', 'batch_size', 'grad_accum_steps', 'img_size', 'lr_base_size')),
+                          (0, ('workers', 'checkpoint_interval', 'log_interval', 'mixup', 'weight_decay',
+                               'pca_lighting', 'drop_rate'))):
+            for key in keys:
+                _check(key, getattr(self, key) >= low, f'a number >= {low}')
+        for key in ('smoothing', 'color_jitter', 'momentum'):
+            _check(key, 0 <= getattr(self, key) < 1, 'a number in [0, 1)')
+        for key in ('lr_base', 'temperature', 'dist_timeout'):
+            _check(key, getattr(self, key) > 0, 'a positive number')
         _check('lr', self.lr is None or self.lr > 0, 'a positive number, or null for linear scaling (section 3.1)')
         _check('warmup_epochs', 0 <= self.warmup_epochs < self.epochs,
                f'>= 0 and shorter than epochs={self.epochs} (lower warmup_epochs or raise epochs)')
-        for key, lo, hi in (('smoothing', 0, 1), ('color_jitter', 0, 1), ('momentum', 0, 1)):
-            _check(key, lo <= getattr(self, key) < hi, f'a number in [{lo}, {hi})')
-        for key in ('lr_base', 'temperature', 'dist_timeout'):
-            _check(key, getattr(self, key) > 0, 'a positive number')
-        for key in ('mixup', 'weight_decay', 'pca_lighting', 'drop_rate'):
-            _check(key, getattr(self, key) >= 0, 'a number >= 0')
         _check('hflip', 0 <= self.hflip <= 1, 'a probability in [0, 1]')
         _check('crop_pct', 0 < self.crop_pct <= 1, 'a number in (0, 1]')
         _check('decay_rate', 0 < self.decay_rate <= 1, 'a number in (0, 1]')
@@ -190,13 +188,16 @@ def _yaml_value(text: str) -> Any:
         return text
 
 
+def _unknown_key(key: str, prefix: str = '') -> HparamsError:
+    near = difflib.get_close_matches(key, list(_FIELDS), n=1, cutoff=0.5)
+    hint = f"did you mean '{prefix}{near[0]}'?" if near else 'train.py --help lists every key.'
+    return HparamsError(f"hparams: unknown key '{key}': {hint}")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> typing.NoReturn:
         if 'unrecognized arguments:' in message:
-            key = message.split(':', 1)[1].split()[0].lstrip('-').split('=')[0].replace('-', '_')
-            near = difflib.get_close_matches(key, list(_FIELDS), n=1, cutoff=0.5)
-            hint = f"did you mean '--{near[0]}'?" if near else 'train.py --help lists every key.'
-            message = f"unknown key '{key}': {hint}"
+            raise _unknown_key(message.split(':', 1)[1].split()[0].lstrip('-').split('=')[0].replace('-', '_'), '--')
         raise HparamsError(f'hparams: {message}')
 
 
@@ -211,12 +212,10 @@ def build_parser(description: str = '') -> argparse.ArgumentParser:
     for name, f in _FIELDS.items():
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         flags = [f'--{name}'] + ([f'--{name.replace("_", "-")}'] if '_' in name else [])
-        kind = _TYPES[name]
-        is_bool = kind is bool
-        metavar = 'true|false' if is_bool else 'LIST' if 'list' in str(kind) else getattr(kind, '__name__', 'VALUE')
-        keys.add_argument(*flags, dest=name, metavar=metavar.split(' ')[0].upper() if not is_bool else metavar,
-                          default=argparse.SUPPRESS, type=_yaml_value, nargs='?' if is_bool else None,
-                          const=True if is_bool else None, help=f'{f.metadata["help"]} (default: {default})')
+        is_bool = _TYPES[name] is bool
+        keys.add_argument(*flags, dest=name, metavar='true|false' if is_bool else 'VALUE', default=argparse.SUPPRESS,
+                          type=_yaml_value, nargs='?' if is_bool else None, const=True if is_bool else None,
+                          help=f'{f.metadata["help"]} (default: {default})')
     return parser
 
 
@@ -229,9 +228,7 @@ def load_hparams(paths: str | Path | list | None = None, overrides: dict[str, An
     values.update(overrides or {})
     for key in values:
         if key not in _FIELDS:
-            near = difflib.get_close_matches(key, list(_FIELDS), n=1, cutoff=0.5)
-            raise HparamsError(f"hparams: unknown key '{key}': " +
-                               (f"did you mean '{near[0]}'?" if near else 'train.py --help lists every key.'))
+            raise _unknown_key(key)
     return TrainHparams(**{k: _coerce(k, v) for k, v in values.items()}).validate()
 
 

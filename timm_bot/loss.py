@@ -1,6 +1,4 @@
 """Label smoothing (section 5.2) and mixup (section 5.4) of *Bag of Tricks* (He et al., 2019) on torch's fused loss."""
-from __future__ import annotations
-
 from typing import NamedTuple
 
 import torch
@@ -25,20 +23,14 @@ def _check(smoothing: float, mode: str) -> None:
 
 def label_smoothing_cross_entropy(logits: torch.Tensor, target: torch.Tensor, smoothing: float = 0.0,
                                   mode: str = 'paper', reduction: str = 'mean') -> torch.Tensor:
-    """Cross entropy of ``(B, K)`` logits against the smoothed target of section 5.2, in float32 or wider.
-
-    ``mode='paper'``: ``1 - eps`` on the label, ``eps / (K - 1)`` on each other class, which is torch's uniform
-    smoothing with ``eps' = eps K / (K - 1)``; ``mode='uniform'``: torch/timm's ``(1 - eps) onehot + eps / K``.
-    """
+    """Cross entropy of ``(B, K)`` logits against section 5.2's smoothed target (``mode='uniform'``: torch's)."""
     _check(smoothing, mode)
     num_classes = logits.shape[-1]
-    if mode == 'paper' and smoothing:
-        if smoothing > (num_classes - 1) / num_classes:
-            raise ValueError(f"mode='paper' smoothing {smoothing} > (K-1)/K for K={num_classes} classes would put "
-                             'more mass on each wrong class than on the label')
+    if mode == 'paper' and smoothing > (num_classes - 1) / num_classes:
+        raise ValueError(f'paper smoothing {smoothing} > (K-1)/K, K={num_classes}: a wrong class outweighs the label')
+    if mode == 'paper' and smoothing:  # 1 - eps on the label, eps/(K-1) elsewhere: torch's eps' = eps K/(K-1)
         smoothing = smoothing * num_classes / (num_classes - 1)
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp16/bf16 logits: the loss in float32
     return F.cross_entropy(logits, target, reduction=reduction, label_smoothing=smoothing)
 
 
@@ -58,24 +50,18 @@ class SmoothedCrossEntropy(nn.Module):
 
 
 class BatchMixup:
-    """Section 5.4 mixup: ``lam ~ Beta(alpha, alpha)`` per batch, ``x -> lam x + (1 - lam) x[perm]`` (paper alpha 0.2).
-
-    lam and ``perm = torch.randperm(B)`` come from torch's global CPU generator, so a checkpointed
-    ``torch.get_rng_state()`` reproduces the mixing. The caller's ``x`` is not modified.
-    """
+    """Section 5.4 mixup: ``lam ~ Beta(alpha, alpha)`` per batch, ``x -> lam x + (1 - lam) x[perm]``."""
 
     def __init__(self, alpha: float = 0.2) -> None:
         if not alpha > 0:  # also rejects NaN
             raise ValueError(f'mixup alpha must be > 0, got {alpha!r}')
-        self.alpha = float(alpha)
-        concentration = torch.tensor(self.alpha, dtype=torch.float64)
+        concentration = torch.tensor(float(alpha), dtype=torch.float64)
         self.beta = torch.distributions.Beta(concentration, concentration)
 
     def __call__(self, x: torch.Tensor, target: torch.Tensor,
                  perm: torch.Tensor | None = None) -> tuple[torch.Tensor, MixedTarget]:
-        lam = float(self.beta.sample())
-        if perm is None:
-            perm = torch.randperm(len(x))
+        lam = float(self.beta.sample())  # lam and perm from torch's CPU RNG: a checkpointed rng state replays them
+        perm = torch.randperm(len(x)) if perm is None else perm
         if perm.shape != (len(x),) or len(target) != len(x):
             raise ValueError(f'mixup: {len(x)} inputs, {len(target)} targets, perm of shape {tuple(perm.shape)}')
         x_mixed = x.mul(lam).add_(x[perm.to(x.device)], alpha=1.0 - lam)

@@ -1,7 +1,6 @@
 """Optimizer of *Bag of Tricks* on timm's factory: NAG (section 2), no bias decay and linear lr scaling (3.1)."""
-from __future__ import annotations
-
 import torch
+import torch.nn as nn
 from timm.optim import create_optimizer_v2, list_optimizers, param_groups_weight_decay
 from timm.optim._optim_factory import default_registry  # timm has no public way to register an optimizer
 
@@ -14,7 +13,7 @@ if 'nag' not in list_optimizers():  # NAG: timm's 'nesterov' (SGD with nesterov=
     default_registry.register_alias('nag', 'nesterov')
 
 
-def decayed_parameter_names(model: torch.nn.Module, no_bias_decay: bool = True) -> tuple[list[str], list[str]]:
+def decayed_parameter_names(model: nn.Module, no_bias_decay: bool = True) -> tuple[list[str], list[str]]:
     """``(decayed, not_decayed)`` trainable parameter names, as timm's ``param_groups_weight_decay`` groups them."""
     no_decay = getattr(model, 'no_weight_decay', set)()
     groups = param_groups_weight_decay(model, 1.0, no_weight_decay_list=no_decay, weight_decay_exclude_1d=no_bias_decay)
@@ -23,7 +22,7 @@ def decayed_parameter_names(model: torch.nn.Module, no_bias_decay: bool = True) 
     return [n for n, p in named if id(p) in decayed_ids], [n for n, p in named if id(p) not in decayed_ids]
 
 
-def create_paper_optimizer(model: torch.nn.Module, opt: str = 'nag', lr: float = PAPER_BASE_LR, weight_decay: float = 1e-4,
+def create_paper_optimizer(model: nn.Module, opt: str = 'nag', lr: float = PAPER_BASE_LR, weight_decay: float = 1e-4,
                            momentum: float = 0.9, no_bias_decay: bool = True) -> torch.optim.Optimizer:
     """timm's ``create_optimizer_v2``; ``no_bias_decay`` is its ``filter_bias_and_bn`` (no decay for 1-d params)."""
     return create_optimizer_v2(model, opt=opt, lr=lr, weight_decay=weight_decay, momentum=momentum,

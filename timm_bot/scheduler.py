@@ -1,15 +1,9 @@
 """Per-batch lr schedules of *Bag of Tricks* on timm's schedulers: warmup (3.1), cosine (5.1), step decay (2).
 
-With ``eta`` the base lr, ``m`` warmup batches, ``U`` updates per epoch, ``N`` = epochs x U, ``T = N - m``, batch
-``i`` (1-based) gets ``i * eta / m`` while ``i <= m``, then cosine ``0.5 (1 + cos((i - m) pi / T)) eta`` (0 at
-``i = N``) or step ``eta * decay_rate ** #{d : i > d * U}`` (epoch ``d`` is the first decayed one).
-
-timm evaluates its schedule at ``t`` = updates done, so its warmup gives batch ``i`` the lr ``(i - 1) eta / m`` (the
-first batch trains with lr 0) and its ``MultiStepLRScheduler`` decays at ``t = d - 1``. The subclasses below only
-evaluate timm's formulas one batch ahead (and count milestones strictly before the batch).
+Batch ``i`` (1-based) of ``N`` gets ``i eta / m`` during ``m`` warmup batches, then cosine
+``0.5 (1 + cos((i - m) pi / (N - m))) eta`` or step ``eta * decay_rate ** #{d : i > d U}`` (``U`` updates per epoch).
+timm evaluates these at ``t`` = updates done (first batch at lr 0); the subclasses below evaluate one batch ahead.
 """
-from __future__ import annotations
-
 import bisect
 from collections.abc import Sequence
 from typing import Any
@@ -51,17 +45,11 @@ def warmup_updates(warmup_epochs: float, updates_per_epoch: int) -> int:
 def create_paper_scheduler(optimizer: torch.optim.Optimizer, sched: str, epochs: int, updates_per_epoch: int,
                            warmup_epochs: float = 0, decay_milestones: Sequence[int] = (30, 60, 90),
                            decay_rate: float = 0.1) -> Scheduler:
-    """Warmup then ``'cosine'`` or ``'step'`` decay (at epochs ``decay_milestones``, counted with the warmup).
-
-    ``eta`` is each param group's lr at creation, which already sets the lr of batch 1. Call
-    ``scheduler.step_update(num_updates=global_step)`` after every optimizer update (also once after loading a
-    ``state_dict`` on resume); ``scheduler.step(epoch)`` is a no-op. Count optimizer updates, not loader batches.
-    """
-    if updates_per_epoch <= 0 or epochs <= 0:
-        raise ValueError(f'epochs ({epochs}) and updates_per_epoch ({updates_per_epoch}) must be positive')
+    """Warmup then ``'cosine'`` or ``'step'`` decay (at epochs ``decay_milestones``); ``eta``: the lr at creation.
+    Call ``step_update(num_updates=updates done)`` after every update and after loading a ``state_dict``."""
     total, warmup_t = epochs * updates_per_epoch, warmup_updates(warmup_epochs, updates_per_epoch)
-    if not 0 <= warmup_t < total:
-        raise ValueError(f'warmup of {warmup_t} updates does not fit in {total} updates')
+    if updates_per_epoch <= 0 or not 0 <= warmup_t < total:
+        raise ValueError(f'{warmup_t} warmup updates must be < {epochs} epochs x {updates_per_epoch} updates')
     common = dict(warmup_t=warmup_t, warmup_lr_init=0.0, t_in_epochs=False)
     if sched == 'cosine':
         return PaperCosineLRScheduler(optimizer, t_initial=total - warmup_t, warmup_prefix=True, **common)

@@ -1,14 +1,9 @@
 """Training augmentation of *Bag of Tricks* (section 2): timm's training transform plus the two steps timm lacks.
 
-Section 2, steps: 2. random crop, area 8-100%, aspect 3/4-4/3, resized to 224 (timm); 3. flip with p=0.5 (timm);
-4. scale hue, saturation and brightness by U[0.6, 1.4] (torchvision ``ColorJitter`` + :class:`RandomHueScale`);
-5. PCA noise, coefficients ~ N(0, 0.1) (:class:`PCALighting`); 6. normalize with the paper's mean/std (timm).
-torchvision's hue jitter *shifts* the hue; the paper *scales* it. The authors' GluonCV recipe jitters contrast instead
-of hue: ``create_paper_train_transform(hue=0, contrast=0.4)``. Evaluation (resize 256, center-crop 224) is timm's
-eval transform with the ``*_bot`` models' pretrained cfg.
+Steps 2-3 (crop 8-100%, aspect 3/4-4/3; flip) and 6 (normalize) are timm's; step 4 is torchvision's ``ColorJitter``
+(saturation, brightness) + :class:`RandomHueScale` (the paper *scales* the hue, torchvision shifts it); step 5 is
+:class:`PCALighting`. GluonCV's recipe jitters contrast instead of hue: ``hue=0, contrast=0.4``.
 """
-from __future__ import annotations
-
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,33 +14,23 @@ from torchvision import transforms
 
 from .models import PAPER_MEAN, PAPER_STD
 
-__all__ = [
-    'IMAGENET_PCA_EIGVAL', 'IMAGENET_PCA_EIGVEC', 'PCALighting', 'RandomHueScale', 'scale_hue',
-    'create_paper_train_transform',
-]
+__all__ = ['IMAGENET_PCA_EIGVAL', 'IMAGENET_PCA_EIGVEC', 'PCALighting', 'RandomHueScale', 'scale_hue',
+           'create_paper_train_transform']
 
 # ImageNet RGB PCA of fb.resnet.torch / GluonCV, for pixels in [0, 1] (AlexNet's 55.46, 4.794, 1.148 over 255).
+# IMAGENET_PCA_EIGVEC holds the eigenvectors in its columns.
 IMAGENET_PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
-IMAGENET_PCA_EIGVEC = (
-    (-0.5675, 0.7192, 0.4009),
-    (-0.5808, -0.0045, -0.8140),
-    (-0.5836, -0.6948, 0.4203),
-)
+IMAGENET_PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203))
 
 
 class PCALighting:
     """Section 2 step 5: add ``eigvec @ (alpha * eigval)``, ``alpha ~ N(0, alphastd)`` (torch's RNG), to every pixel.
 
-    Input: a float ``(3, H, W)`` tensor in [0, 1] before ``Normalize`` (the eigenvalues are on that scale); the
-    result is not clipped, as in fb.resnet.torch's ``Lighting``. ``eigvec``'s columns are the eigenvectors.
+    Input: a float ``(3, H, W)`` tensor in [0, 1] (before ``Normalize``); not clipped, as in fb.resnet.torch.
     """
 
-    def __init__(
-            self,
-            alphastd: float = 0.1,
-            eigval: Sequence[float] = IMAGENET_PCA_EIGVAL,
-            eigvec: Sequence[Sequence[float]] = IMAGENET_PCA_EIGVEC,
-    ) -> None:
+    def __init__(self, alphastd: float = 0.1, eigval: Sequence[float] = IMAGENET_PCA_EIGVAL,
+                 eigvec: Sequence[Sequence[float]] = IMAGENET_PCA_EIGVEC) -> None:
         self.alphastd = alphastd
         self.eigval = torch.tensor(eigval, dtype=torch.float32)
         self.eigvec = torch.tensor(eigvec, dtype=torch.float32)
@@ -55,8 +40,7 @@ class PCALighting:
             raise TypeError('PCALighting expects a float (3, H, W) tensor in [0, 1]; put it after ToTensor.')
         if self.alphastd == 0:
             return img
-        alpha = torch.randn(3) * self.alphastd
-        rgb = self.eigvec @ (alpha * self.eigval)
+        rgb = self.eigvec @ (torch.randn(3) * self.alphastd * self.eigval)  # alpha ~ N(0, alphastd) times eigval
         return img + rgb.to(dtype=img.dtype, device=img.device).view(3, 1, 1)
 
     def __repr__(self) -> str:
@@ -69,8 +53,7 @@ def scale_hue(img: Image.Image, factor: float) -> Image.Image:
         raise TypeError(f'scale_hue expects an RGB PIL image, got mode {img.mode!r}')
     h, s, v = img.convert('HSV').split()
     lut = (np.round(np.arange(256) * factor) % 256).astype(np.uint8)  # np.round halves to even, like round()
-    h = Image.fromarray(lut[np.asarray(h)])
-    return Image.merge('HSV', (h, s, v)).convert('RGB')
+    return Image.merge('HSV', (Image.fromarray(lut[np.asarray(h)]), s, v)).convert('RGB')
 
 
 class RandomHueScale:
@@ -85,31 +68,21 @@ class RandomHueScale:
         return float(torch.empty(1).uniform_(1 - self.hue, 1 + self.hue))
 
     def __call__(self, img: Image.Image) -> Image.Image:
-        if self.hue == 0:
-            return img
-        return scale_hue(img, self.get_params())
+        return scale_hue(img, self.get_params()) if self.hue else img
 
     def __repr__(self) -> str:
         return f'{self.__class__.__name__}(hue=({1 - self.hue:g}, {1 + self.hue:g}))'
 
 
-def create_paper_train_transform(
-        img_size: int = 224,
-        scale: tuple[float, float] = (0.08, 1.0),
-        ratio: tuple[float, float] = (3 / 4, 4 / 3),
-        hflip: float = 0.5,
-        color_jitter: float = 0.4,
-        hue: float = 0.4,
-        contrast: float = 0.0,
-        pca_lighting: float = 0.1,
-        mean: Sequence[float] = PAPER_MEAN,
-        std: Sequence[float] = PAPER_STD,
-        interpolation: str = 'bilinear',
-) -> transforms.Compose:
+def create_paper_train_transform(img_size: int = 224, scale: tuple[float, float] = (0.08, 1.0),
+                                 ratio: tuple[float, float] = (3 / 4, 4 / 3), hflip: float = 0.5,
+                                 color_jitter: float = 0.4, hue: float = 0.4, contrast: float = 0.0,
+                                 pca_lighting: float = 0.1, mean: Sequence[float] = PAPER_MEAN,
+                                 std: Sequence[float] = PAPER_STD, interpolation: str = 'bilinear'
+                                 ) -> transforms.Compose:
     """Section 2's training transform: timm's ``create_transform(is_training=True, separate=True)`` (crop, flip,
-    brightness/saturation jitter, ``MaybeToTensor``, ``Normalize``) + :class:`RandomHueScale` after the jitter and
-    :class:`PCALighting` before ``Normalize``. ``hue``/``pca_lighting``/``color_jitter`` 0 turn steps off.
-    """
+    jitter, ``MaybeToTensor``, ``Normalize``) + :class:`RandomHueScale` after the jitter and :class:`PCALighting`
+    before ``Normalize``. ``hue``/``pca_lighting``/``color_jitter`` 0 turn steps off."""
     jitter = (color_jitter, contrast, color_jitter) if (color_jitter or contrast) else None
     primary, secondary, final = create_transform(
         img_size, is_training=True, scale=scale, ratio=ratio, hflip=hflip, vflip=0.0, color_jitter=jitter,

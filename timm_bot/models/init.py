@@ -1,6 +1,4 @@
 """The paper's initialization for any timm or torchvision model: Xavier (section 2) and zero-gamma (section 3.1)."""
-from __future__ import annotations
-
 import torch
 import torch.nn as nn
 
@@ -15,54 +13,43 @@ _SHORTCUTS = ('downsample', 'shortcut')  # timm/torchvision ResNet, timm RegNet,
 def xavier_init_(model: nn.Module) -> nn.Module:
     """Section 2: conv and FC weights ~ U[-a, a], a = sqrt(6 / (fan_in + fan_out)), biases 0; norms gamma 1, beta 0."""
     for m in model.modules():
-        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
-            nn.init.xavier_uniform_(m.weight)  # torch's fans count the kernel area, as MXNet's Xavier (the paper's)
-        elif isinstance(m, (_BN, nn.GroupNorm, nn.LayerNorm)) and m.weight is not None:
-            nn.init.ones_(m.weight)
-        else:
-            continue
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
+        norm = isinstance(m, (_BN, nn.GroupNorm, nn.LayerNorm)) and m.weight is not None
+        if norm or isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+            # torch's Xavier fans count the kernel area, as MXNet's (the paper's)
+            (nn.init.ones_ if norm else nn.init.xavier_uniform_)(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
     return model
 
 
-def _branch(block: nn.Module) -> tuple[list[nn.Module], list[nn.Module]] | None:
-    """``(residual branch, shortcut)`` modules of a residual block; None if ``block`` is not one or has no skip."""
+def _last_bn(block: nn.Module) -> nn.Module | None:
+    """The BN ending the branch of an innermost residual ``block`` (``has_skip`` / ``use_res_connect`` true or a
+    ``downsample`` / ``shortcut`` module or None) if as wide as the block's output; else None (ConvNeXt, GhostNet)."""
     if hasattr(block, 'blocks'):  # a timm stage, whose ``downsample`` precedes its blocks
         return None
-    for flag in _SKIP_FLAGS:
-        if hasattr(block, flag):
-            return (list(block.modules()), []) if getattr(block, flag) else None
-    for attr in _SHORTCUTS:
-        shortcut = getattr(block, attr, False)
-        if shortcut is None or isinstance(shortcut, nn.Module):
-            shortcut = list(shortcut.modules()) if shortcut is not None else []
-            return [m for m in block.modules() if m not in shortcut], shortcut
-    return None
+    flags = [getattr(block, f) for f in _SKIP_FLAGS if hasattr(block, f)]
+    shortcuts = [getattr(block, a) for a in _SHORTCUTS if isinstance(getattr(block, a, 0), (nn.Module, type(None)))]
+    if (flags and not flags[0]) or not (flags or shortcuts):
+        return None  # no skip connection, or not a residual block
+    shortcut = [] if flags or shortcuts[0] is None else list(shortcuts[0].modules())
+    branch = [m for m in block.modules() if m not in shortcut]
+    if any(hasattr(m, a) for m in branch[1:] for a in _SKIP_FLAGS + _SHORTCUTS):
+        return None  # holds residual blocks itself
+    bns = [m for m in branch if isinstance(m, _BN) and m.weight is not None]
+    convs = [m for m in branch if isinstance(m, nn.Conv2d)]
+    proj = [m for m in shortcut if isinstance(m, nn.Conv2d)]
+    unstrided = convs and all(max(c.stride) == 1 for c in convs)
+    width = proj[-1].out_channels if proj else convs[0].in_channels if unstrided else None
+    return bns[-1] if bns and bns[-1].num_features == width else None
 
 
 @torch.no_grad()
 def zero_gamma_(model: nn.Module, value: float = 0.0) -> int:
-    """Section 3.1: set gamma of the last BatchNorm of every residual branch to ``value`` (0: each block starts as
-    its shortcut; 1 undoes timm's ``zero_init_last``). Returns how many were set, 0 when none were found.
+    """Section 3.1: set gamma of the last BN of every residual branch to ``value``; returns how many (0: none found).
 
-    Residual blocks: innermost modules with ``has_skip`` / ``use_res_connect`` true (timm EfficientNet/MobileNet,
-    torchvision MobileNet) or a ``downsample`` / ``shortcut`` module or None (timm/torchvision ResNet, timm RegNet),
-    not timm stages (``blocks``). The branch's last registered BN counts only if it is as wide as the block's output
-    (the shortcut's last conv, else the unstrided input): a ``None`` shortcut meaning "no skip" (timm RegNet-Z) and
-    branches not ending in a BN (ConvNeXt: LayerNorm and layer scale; GhostNet: a concatenation) are left alone.
+    0 makes each block start as its shortcut, 1 undoes timm's ``zero_init_last``; see :func:`_last_bn` for the blocks.
     """
-    count = 0
-    for block in model.modules():
-        found = _branch(block)
-        if found is None or any(hasattr(m, a) for m in found[0][1:] for a in _SKIP_FLAGS + _SHORTCUTS):
-            continue
-        bns = [m for m in found[0] if isinstance(m, _BN) and m.weight is not None]
-        convs = [m for m in found[0] if isinstance(m, nn.Conv2d)]
-        proj = [m for m in found[1] if isinstance(m, nn.Conv2d)]
-        unstrided = convs and all(max(c.stride) == 1 for c in convs)
-        width = proj[-1].out_channels if proj else convs[0].in_channels if unstrided else None
-        if bns and bns[-1].num_features == width:
-            bns[-1].weight.fill_(value)
-            count += 1
-    return count
+    bns = [bn for bn in map(_last_bn, model.modules()) if bn is not None]
+    for bn in bns:
+        bn.weight.fill_(value)
+    return len(bns)
