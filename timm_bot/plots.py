@@ -51,7 +51,8 @@ def plot_curves(history: Sequence[dict], path: Path) -> None:
     ax_acc.axvline(best['epoch'] + 1, color='grey', linestyle=':', label=f'best: epoch {best["epoch"] + 1}')
     for ax, label in ((ax_loss, 'loss'), (ax_acc, 'accuracy (%)')):
         ax.set(xlabel='epoch', ylabel=label)
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_xlim(0.5, epochs[-1] + 0.5)  # a single epoch is a visible point, not a collapsed axis
+        ax.set_xticks(epochs[::max(1, len(epochs) // 10)])
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     _save(fig, path)
