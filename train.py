@@ -64,10 +64,10 @@ class TrainState:
     last_checkpoint: str = 'none written yet'
 
 
-def create_model(hp: TrainHparams, num_classes: int, resume: dict | None) -> torch.nn.Module:
-    """Any timm model; the paper's Xavier init (section 2) and zero-gamma (3.1) applied by generic helpers."""
+def create_model(hp: TrainHparams, num_classes: int, resume: dict | None) -> tuple[torch.nn.Module, str]:
+    """Any timm model, with the paper's Xavier init (section 2) and zero-gamma (3.1); returns (model, what was done)."""
     if resume:  # weights come from the checkpoint
-        return timm.create_model(resume['arch'], **dict(resume['model_args'], num_classes=num_classes))
+        return timm.create_model(resume['arch'], **dict(resume['model_args'], num_classes=num_classes)), ''
     if ':' not in hp.model and not timm.is_model(hp.model.split('.')[0]):
         near = difflib.get_close_matches(hp.model, timm.list_models(), n=3)
         raise ValueError(f'model {hp.model!r} is not a timm model' + (f'; did you mean {", ".join(near)}?' if near
@@ -83,15 +83,15 @@ def create_model(hp: TrainHparams, num_classes: int, resume: dict | None) -> tor
                          'Offline: put them in the Hugging Face cache and set HF_HUB_OFFLINE=1, or use a copy as '
                          'model: local-dir:PATH') from None
     if hp.pretrained:
-        _logger.info(f'{hp.model}: pretrained weights (weight_init and zero_init_last not applied)')
-        return model
+        return model, 'pretrained weights: weight_init and zero_init_last not applied'
     if hp.weight_init == 'xavier':
         xavier_init_(model)
     count = zero_gamma_(model, 0.0 if hp.zero_init_last else 1.0)
-    if hp.zero_init_last:
-        _logger.info(f'zero-gamma (3.1): {count} residual branches end at gamma 0' if count else
-                     f'zero-gamma (3.1): {hp.model} has no residual branch ending in a BatchNorm: not applied')
-    return model
+    if not hp.zero_init_last:
+        return model, f'{hp.weight_init} init'
+    return model, f'{hp.weight_init} init, ' + (f'zero-gamma (3.1): {count} residual branches end at gamma 0' if count
+                                                 else 'zero-gamma (3.1): no residual branch ending in a BatchNorm: '
+                                                      'not applied')
 
 
 def setup(argv: list[str] | None) -> dict[str, Any]:
@@ -123,7 +123,7 @@ def setup(argv: list[str] | None) -> dict[str, Any]:
             raise ValueError(f'hparams: epochs={hp.epochs} but the run already trained {resume["epoch"]} epochs')
     arch = (resume['arch'], resume['model_args'], resume['source']) if resume else resolve_architecture(hp.model)
     timm.utils.random_seed(hp.seed, rank)
-    model = create_model(hp, len(labels), resume)
+    model, init_message = create_model(hp, len(labels), resume)
     data_cfg = timm.data.resolve_data_config(model=model)
     mean, std = list(hp.mean or data_cfg['mean']), list(hp.std or data_cfg['std'])
     criterion = SmoothedCrossEntropy(hp.smoothing, hp.smoothing_mode)  # section 5.2, mixup-aware (5.4)
@@ -136,6 +136,7 @@ def setup(argv: list[str] | None) -> dict[str, Any]:
                 args=dict(hp.to_dict(), lr=lr))
     return dict(hp=hp, resume=resume, resume_path=resume_path, rank=rank, world_size=world_size, device=device,
                 train_set=train_set, val_set=val_set, model=model, criterion=criterion, lr_message=lr_message,
+                init_message=init_message,
                 meta=meta)
 
 
@@ -271,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - hp.workers)))
     torch.use_deterministic_algorithms(hp.deterministic)
     _logger.info(f'device {device} ({world_size} process(es), {torch.get_num_threads()} threads each); {hp.model}: '
-                 f'{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {meta["num_classes"]} classes')
+                 f'{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {meta["num_classes"]} classes'
+                 + (f'; {r["init_message"]}' if r['init_message'] else ''))
     mean, std = meta['data_config']['mean'], meta['data_config']['std']
     train_loader, val_loader = create_loaders(hp, r['train_set'], r['val_set'], mean, std, rank, world_size)
     model.to(device, memory_format=torch.channels_last if hp.channels_last else torch.preserve_format)
