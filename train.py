@@ -78,8 +78,9 @@ def create_model(hp: TrainHparams, num_classes: int, resume: dict | None) -> tup
     except (OSError, RuntimeError) as e:
         if not hp.pretrained:
             raise
-        hub_id = hp.model if ':' in hp.model else timm.models.get_pretrained_cfg(hp.model).hf_hub_id
-        raise ValueError(f'pretrained weights of {hp.model} could not be loaded from {hub_id} ({type(e).__name__}). '
+        hub_id = getattr(timm.models.get_pretrained_cfg(hp.model), 'hf_hub_id', None) if ':' not in hp.model else None
+        raise ValueError(f'pretrained weights of {hp.model} could not be loaded from {hub_id or hp.model} '
+                         f'({type(e).__name__}). '
                          'Offline: put them in the Hugging Face cache and set HF_HUB_OFFLINE=1, or use a copy as '
                          'model: local-dir:PATH') from None
     if hp.pretrained:
@@ -315,11 +316,16 @@ def main(argv: list[str] | None = None) -> int:
             (output_dir / 'args.yaml').write_text(yaml.safe_dump(meta['args'], sort_keys=False))
         _logger.info(f'writing to {output_dir}')
 
-    def save(name: str) -> None:
+    def save(*names: str) -> None:
         ckpt = checkpoint_state(t, state, meta)  # raises before writing when the weights are not finite
         if rank == 0:
-            save_checkpoint(ckpt, output_dir / name)
-            state.last_checkpoint = f'{output_dir / name}, epoch {state.epoch + 1} batch {state.batch}'
+            for name in names:
+                save_checkpoint(ckpt, output_dir / name)
+            state.last_checkpoint = f'{output_dir / names[0]}, epoch {state.epoch + 1} batch {state.batch}'
+
+    if rank == 0 and hp.plots:  # the whole schedule is known up front (section 3.1 warmup, 5.1 cosine / 2 step)
+        lrs = [scheduler._get_values(k, on_epoch=False)[0] for k in range(hp.epochs * updates_per_epoch)]
+        plot_lr(lrs, updates_per_epoch, output_dir / 'lr.png', f'{hp.sched} schedule, {r["lr_message"]}')
 
     if state.epoch == hp.epochs:
         _logger.info(f'the run already trained its {hp.epochs} epochs: nothing to do (--epochs N extends it)')
@@ -334,15 +340,10 @@ def main(argv: list[str] | None = None) -> int:
                          + f', lr {row["lr"]:.4g}, {images_per_second:.0f} img/s'
                          + (f', {row["skipped"]:.0f} images skipped (unreadable, or alone in a batch)'
                             if row['skipped'] else ''))
-            save('last.pth.tar')
+            save('last.pth.tar', *(['model_best.pth.tar'] if state.best['epoch'] == epoch else []))
             if rank == 0:
-                if state.best['epoch'] == epoch:
-                    save('model_best.pth.tar')
-                    state.last_checkpoint = f'{output_dir / "last.pth.tar"}, epoch {epoch + 1}'
                 write_summary(state.history, output_dir / 'summary.csv')
                 if hp.plots:
-                    lrs = [scheduler._get_values(k, on_epoch=False)[0] for k in range(hp.epochs * updates_per_epoch)]
-                    plot_lr(lrs, updates_per_epoch, output_dir / 'lr.png', f'{hp.sched} schedule, {r["lr_message"]}')
                     plot_curves(state.history, output_dir / 'curves.png')
     except KeyboardInterrupt:
         print(f'interrupted at epoch {state.epoch + 1}/{hp.epochs}, batch {state.batch}; last checkpoint: '
