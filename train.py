@@ -5,19 +5,19 @@
     python train.py --resume output/quickstart/digits-resnet18d_tiny        # a run folder or a checkpoint
     torchrun --nproc_per_node 2 train.py --hparams hparams/cifar10.yaml --data_dir ../shared/data/cifar10
 
-Exit codes: 0 done, 2 bad input (one line, nothing written), 3 non-finite loss or weights, 130 interrupted.
+Exit codes: 0 done, 1 Hub push failed (export kept), 2 bad input (one line, nothing written), 3 non-finite loss or
+weights, 130 interrupted.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
-import difflib
 import logging
 import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 import timm_bot
+from timm_bot.amp import create_amp
 from timm_bot.checkpoint import UnsafeCheckpointError, load_checkpoint, resolve_architecture, save_checkpoint
 from timm_bot.data import BadImageError, check_same_classes, collate_skip_bad, create_image_dataset
 from timm_bot.distill import DistillationLoss, load_teacher
@@ -38,7 +39,7 @@ from timm_bot.evaluate import evaluate
 from timm_bot.export import ExportError, HubPushError, check_repo_id, export_checkpoint
 from timm_bot.hparams import TrainHparams, build_parser, check_resume_changes, load_hparams, resolve_device
 from timm_bot.loss import BatchMixup, SmoothedCrossEntropy
-from timm_bot.models import xavier_init_, zero_gamma_
+from timm_bot.models import paper_init_
 from timm_bot.optim import create_paper_optimizer, decayed_parameter_names, resolve_lr
 from timm_bot.plots import plot_curves, plot_lr
 from timm_bot.sampler import ResumableSampler, SeededTransformDataset, rng_state, set_rng_state
@@ -52,26 +53,21 @@ class TrainingStopped(RuntimeError):
     """The loss or the weights became NaN/inf; the last checkpoint on disk is left as it was."""
 
 
-@dataclass
+@dataclasses.dataclass
 class TrainState:
-    """Where the run is; saved in every checkpoint beside the model, optimizer and RNG states."""
+    """Where the run is; saved under these names in every checkpoint, beside the model, optimizer and RNG states."""
     epoch: int = 0
-    batch: int = 0
+    batch_in_epoch: int = 0
     global_step: int = 0
-    best: dict = field(default_factory=lambda: {'top1': -1.0, 'epoch': -1})
-    history: list = field(default_factory=list)
-    epoch_stats: list = field(default_factory=lambda: [0.0, 0, 0])  # loss sum, images, skipped (partial epoch)
-    last_checkpoint: str = 'none written yet'
+    best: dict = dataclasses.field(default_factory=lambda: {'top1': -1.0, 'epoch': -1})
+    history: list = dataclasses.field(default_factory=list)
+    epoch_stats: list = dataclasses.field(default_factory=lambda: [0.0, 0, 0])  # loss sum, images, skipped
 
 
 def create_model(hp: TrainHparams, num_classes: int, resume: dict | None) -> tuple[torch.nn.Module, str]:
-    """Any timm model, with the paper's Xavier init (section 2) and zero-gamma (3.1); returns (model, what was done)."""
+    """Any timm model with the paper's init (sections 2, 3.1), or a resumed run's architecture; (model, log line)."""
     if resume:  # weights come from the checkpoint
         return timm.create_model(resume['arch'], **dict(resume['model_args'], num_classes=num_classes)), ''
-    if ':' not in hp.model and not timm.is_model(hp.model.split('.')[0]):
-        near = difflib.get_close_matches(hp.model, timm.list_models(), n=3)
-        raise ValueError(f'model {hp.model!r} is not a timm model' + (f'; did you mean {", ".join(near)}?' if near
-                                                                        else ' (see timm.list_models())'))
     try:
         model = timm.create_model(hp.model, pretrained=hp.pretrained, num_classes=num_classes,
                                   **({'drop_rate': hp.drop_rate} if hp.drop_rate else {}))
@@ -80,19 +76,11 @@ def create_model(hp: TrainHparams, num_classes: int, resume: dict | None) -> tup
             raise
         hub_id = getattr(timm.models.get_pretrained_cfg(hp.model), 'hf_hub_id', None) if ':' not in hp.model else None
         raise ValueError(f'pretrained weights of {hp.model} could not be loaded from {hub_id or hp.model} '
-                         f'({type(e).__name__}). '
-                         'Offline: put them in the Hugging Face cache and set HF_HUB_OFFLINE=1, or use a copy as '
-                         'model: local-dir:PATH') from None
+                         f'({type(e).__name__}). Offline: put them in the Hugging Face cache and set HF_HUB_OFFLINE=1, '
+                         'or use a copy as model: local-dir:PATH') from None
     if hp.pretrained:
         return model, 'pretrained weights: weight_init and zero_init_last not applied'
-    if hp.weight_init == 'xavier':
-        xavier_init_(model)
-    count = zero_gamma_(model, 0.0 if hp.zero_init_last else 1.0)
-    if not hp.zero_init_last:
-        return model, f'{hp.weight_init} init'
-    return model, f'{hp.weight_init} init, ' + (f'zero-gamma (3.1): {count} residual branches end at gamma 0' if count
-                                                 else 'zero-gamma (3.1): no residual branch ending in a BatchNorm: '
-                                                      'not applied')
+    return model, paper_init_(model, hp.weight_init, hp.zero_init_last)
 
 
 def setup(argv: list[str] | None) -> dict[str, Any]:
@@ -101,7 +89,7 @@ def setup(argv: list[str] | None) -> dict[str, Any]:
     resume, resume_path = None, None
     if args.resume:
         resume_path = Path(args.resume) / 'last.pth.tar' if Path(args.resume).is_dir() else Path(args.resume)
-        resume = load_checkpoint(resume_path)
+        resume = dict(load_checkpoint(resume_path), path=str(resume_path))
         if 'optimizer' not in resume or 'args' not in resume:
             raise ValueError(f'--resume {resume_path}: not a train.py checkpoint (no optimizer state)')
     hp = load_hparams(args.hparams, {k: v for k, v in vars(args).items() if k not in ('hparams', 'resume')},
@@ -135,9 +123,8 @@ def setup(argv: list[str] | None) -> dict[str, Any]:
                 data_config={'input_size': [3, hp.img_size, hp.img_size], 'crop_pct': hp.crop_pct, 'mean': mean,
                              'std': std, 'interpolation': hp.interpolation, 'crop_mode': 'center'},
                 args=dict(hp.to_dict(), lr=lr))
-    return dict(hp=hp, resume=resume, resume_path=resume_path, rank=rank, world_size=world_size, device=device,
-                train_set=train_set, val_set=val_set, model=model, criterion=criterion, lr_message=lr_message,
-                init_message=init_message,
+    return dict(hp=hp, resume=resume, rank=rank, world_size=world_size, device=device, train_set=train_set,
+                val_set=val_set, model=model, criterion=criterion, lr_message=lr_message, init_message=init_message,
                 meta=meta)
 
 
@@ -159,42 +146,45 @@ def create_loaders(hp: TrainHparams, train_set, val_set, mean, std, rank: int, w
             DataLoader(val_set, sampler=val_sampler, **common))
 
 
-def amp_slowdown(device: torch.device, dtype: torch.dtype) -> float:
-    """Measured time of a small conv step under autocast(``dtype``) relative to float32 on ``device``."""
-    conv, x = torch.nn.Conv2d(32, 32, 3, padding=1).to(device), torch.randn(16, 32, 32, 32, device=device)
-
-    def step(low: bool) -> float:
-        tic = time.perf_counter()
-        with torch.autocast(device.type, dtype=dtype, enabled=low):
-            conv(x).float().sum().backward()
-        return time.perf_counter() - tic
-    step(True), step(False)  # warmup
-    return min(step(True) for _ in range(3)) / min(step(False) for _ in range(3))
+def create_training(hp: TrainHparams, model: torch.nn.Module, criterion: torch.nn.Module, lr: float, batches: int,
+                    device: torch.device, lr_message: str, world_size: int) -> dict[str, Any]:
+    """Optimizer, schedule, AMP, EMA and mixup: NAG, no bias decay, linear scaling (sections 2, 3.1), per-iteration
+    warmup then cosine (5.1) or step decay (2), FP16/BF16 (3.2), mixup (5.4)."""
+    optimizer = create_paper_optimizer(model, hp.opt, lr, hp.weight_decay, hp.momentum, hp.no_bias_decay)
+    decayed, not_decayed = decayed_parameter_names(model, hp.no_bias_decay)
+    _logger.info(f'{lr_message}; global batch {hp.batch_size * world_size * hp.grad_accum_steps}; weight decay '
+                 f'{hp.weight_decay:g} on {len(decayed)} tensors, none on {len(not_decayed)}')
+    updates_per_epoch = math.ceil(batches / hp.grad_accum_steps)
+    scheduler = create_paper_scheduler(optimizer, hp.sched, hp.epochs, updates_per_epoch, hp.warmup_epochs,
+                                       hp.decay_milestones, hp.decay_rate)
+    autocast, loss_scaler = create_amp(device, hp.amp, hp.amp_dtype)
+    return dict(model=model, train_model=model, criterion=criterion, optimizer=optimizer, scheduler=scheduler,
+                updates_per_epoch=updates_per_epoch, loss_scaler=loss_scaler, autocast=autocast, device=device,
+                model_ema=timm.utils.ModelEmaV3(model, decay=hp.model_ema_decay) if hp.model_ema else None,
+                mixup=BatchMixup(hp.mixup) if hp.mixup > 0 else None, last_checkpoint='none written yet')
 
 
 def train_one_epoch(epoch: int, loader: DataLoader, t: dict[str, Any], state: TrainState, hp: TrainHparams,
                     save: Any) -> float:
-    """One epoch from ``state.batch`` on; ``state`` is current after every batch. Returns images/s."""
+    """One epoch from ``state.batch_in_epoch`` on; ``state`` is current after every batch. Returns images/s."""
     model, criterion, optimizer = t['train_model'], t['criterion'], t['optimizer']
     model.train()
     criterion.train()
     loss_sum, seen, skipped = state.epoch_stats
-    batches = len(loader.sampler) // hp.batch_size + state.batch
+    batches = len(loader.sampler) // hp.batch_size + state.batch_in_epoch
     bar = None
     if sys.stderr.isatty() and _logger.isEnabledFor(logging.INFO):
         from tqdm import tqdm
-        bar = tqdm(total=batches, initial=state.batch, desc=f'epoch {epoch + 1}/{hp.epochs}', leave=False)
+        bar = tqdm(total=batches, initial=state.batch_in_epoch, desc=f'epoch {epoch + 1}/{hp.epochs}', leave=False)
     tic, seen_at_start = time.perf_counter(), seen
-    for batch_idx, (images, targets, num_skipped) in enumerate(loader, start=state.batch):
+    for batch_idx, (images, targets, num_skipped) in enumerate(loader, start=state.batch_in_epoch):
         skipped += num_skipped
         if images is None:  # unreadable images, or a single readable one (BatchNorm needs two)
             continue
         images, targets = images.to(t['device'], non_blocking=True), targets.to(t['device'], non_blocking=True)
         if hp.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        target = targets
-        if t['mixup'] is not None:  # section 5.4
-            images, target = t['mixup'](images, targets)
+        images, target = t['mixup'](images, targets) if t['mixup'] else (images, targets)  # section 5.4
         update = (batch_idx + 1) % hp.grad_accum_steps == 0 or batch_idx + 1 == batches
         with contextlib.nullcontext() if update or not hasattr(model, 'no_sync') else model.no_sync():
             with t['autocast']():
@@ -202,7 +192,7 @@ def train_one_epoch(epoch: int, loader: DataLoader, t: dict[str, Any], state: Tr
                 loss = criterion(logits, images, target) if hp.teacher else criterion(logits, target)
             if not torch.isfinite(loss):
                 raise TrainingStopped(f'the loss is {loss.item()} at epoch {epoch + 1}, batch {batch_idx + 1}, update '
-                                      f'{state.global_step + 1}; the last checkpoint ({state.last_checkpoint}) is '
+                                      f'{state.global_step + 1}; the last checkpoint ({t["last_checkpoint"]}) is '
                                       f'intact. Lower lr (now {optimizer.param_groups[0]["lr"]:.4g}) or check data.')
             if t['loss_scaler'] is not None:
                 t['loss_scaler'](loss / hp.grad_accum_steps, optimizer, need_update=update)
@@ -217,7 +207,7 @@ def train_one_epoch(epoch: int, loader: DataLoader, t: dict[str, Any], state: Tr
             t['scheduler'].step_update(num_updates=state.global_step)
             if t['model_ema'] is not None:
                 t['model_ema'].update(t['model'], step=state.global_step)
-        state.batch, state.epoch_stats = batch_idx + 1, [loss_sum, seen, skipped]
+        state.batch_in_epoch, state.epoch_stats = batch_idx + 1, [loss_sum, seen, skipped]
         if update and hp.checkpoint_interval and state.global_step % hp.checkpoint_interval == 0 and \
                 batch_idx + 1 < batches:
             save('last.pth.tar')
@@ -248,7 +238,7 @@ def evaluate_epoch(epoch: int, t: dict[str, Any], state: TrainState, hp: TrainHp
             row.update({prefix + k: metrics[k] for k in ('loss', 'top1', 'top5')})
     row['lr'] = t['optimizer'].param_groups[0]['lr']
     state.history.append(row)
-    state.epoch, state.batch, state.epoch_stats = epoch + 1, 0, [0.0, 0, 0]
+    state.epoch, state.batch_in_epoch, state.epoch_stats = epoch + 1, 0, [0.0, 0, 0]
     if row['eval_top1'] > state.best['top1']:
         state.best = {'top1': row['eval_top1'], 'epoch': epoch}
     return dict(row, skipped=totals[2].item())
@@ -280,35 +270,17 @@ def main(argv: list[str] | None = None) -> int:
     model.to(device, memory_format=torch.channels_last if hp.channels_last else torch.preserve_format)
     r['criterion'].to(device)
 
-    # NAG, no bias decay, linear scaling (2, 3.1); per-iteration warmup then cosine (5.1) or step decay (2).
-    optimizer = create_paper_optimizer(model, hp.opt, meta['args']['lr'], hp.weight_decay, hp.momentum,
-                                       hp.no_bias_decay)
-    decayed, not_decayed = decayed_parameter_names(model, hp.no_bias_decay)
-    _logger.info(f'{r["lr_message"]}; global batch {hp.batch_size * world_size * hp.grad_accum_steps}; weight decay '
-                 f'{hp.weight_decay:g} on {len(decayed)} tensors, none on {len(not_decayed)}')
-    updates_per_epoch = math.ceil(len(train_loader) / hp.grad_accum_steps)
-    scheduler = create_paper_scheduler(optimizer, hp.sched, hp.epochs, updates_per_epoch, hp.warmup_epochs,
-                                       hp.decay_milestones, hp.decay_rate)
-    amp_dtype = torch.bfloat16 if hp.amp_dtype == 'bfloat16' else torch.float16  # section 3.2
-    if hp.amp and device.type == 'cpu':
-        slowdown = amp_slowdown(device, amp_dtype)
-        (_logger.warning if slowdown > 1.5 else _logger.info)(
-            f'amp: {hp.amp_dtype} autocast measured at {slowdown:.1f}x the time of float32 on this CPU'
-            + ('; it has no fast low-precision support: set amp: false' if slowdown > 1.5 else ''))
-    t = dict(model=model, train_model=model, criterion=r['criterion'], optimizer=optimizer, scheduler=scheduler,
-             loss_scaler=timm.utils.NativeScaler(device=device.type) if hp.amp and amp_dtype == torch.float16
-             else None, model_ema=timm.utils.ModelEmaV3(model, decay=hp.model_ema_decay) if hp.model_ema else None,
-             mixup=BatchMixup(hp.mixup) if hp.mixup > 0 else None, device=device,
-             autocast=(lambda: torch.autocast(device.type, dtype=amp_dtype)) if hp.amp else contextlib.nullcontext)
-    state = restore(t, resume, hp, r['resume_path']) if resume else TrainState()
+    t = create_training(hp, model, r['criterion'], meta['args']['lr'], len(train_loader), device, r['lr_message'],
+                        world_size)
+    state = restore(t, resume, hp) if resume else TrainState()
     if hp.torchcompile:
         t['train_model'] = torch.compile(model)
     if world_size > 1:
-        ids = [device] if device.type == 'cuda' else None
-        t['train_model'] = DistributedDataParallel(t['train_model'], device_ids=ids)
+        t['train_model'] = DistributedDataParallel(t['train_model'], device_ids=[device] if device.type == 'cuda'
+                                                   else None)
     if resume:
-        output_dir = r['resume_path'].parent
-        _logger.info(f'resuming at epoch {state.epoch + 1}, batch {state.batch} in {output_dir}')
+        output_dir = Path(resume['path']).parent
+        _logger.info(f'resuming at epoch {state.epoch + 1}, batch {state.batch_in_epoch} in {output_dir}')
     else:
         name = hp.experiment or f'{time.strftime("%Y%m%d-%H%M%S")}-{hp.model.replace("/", "_").replace(":", "_")}'
         output_dir = Path(timm.utils.get_outdir(hp.output, name, inc=True) if rank == 0 else Path(hp.output) / name)
@@ -321,17 +293,17 @@ def main(argv: list[str] | None = None) -> int:
         if rank == 0:
             for name in names:
                 save_checkpoint(ckpt, output_dir / name)
-            state.last_checkpoint = f'{output_dir / names[0]}, epoch {state.epoch + 1} batch {state.batch}'
+            t['last_checkpoint'] = f'{output_dir / names[0]}, epoch {state.epoch + 1} batch {state.batch_in_epoch}'
 
     if rank == 0 and hp.plots:  # the whole schedule is known up front (section 3.1 warmup, 5.1 cosine / 2 step)
-        lrs = [scheduler._get_values(k, on_epoch=False)[0] for k in range(hp.epochs * updates_per_epoch)]
-        plot_lr(lrs, updates_per_epoch, output_dir / 'lr.png', f'{hp.sched} schedule, {r["lr_message"]}')
-
+        per_epoch = t['updates_per_epoch']
+        plot_lr(t['scheduler'].lr_per_batch(hp.epochs * per_epoch), per_epoch, output_dir / 'lr.png',
+                f'{hp.sched} schedule, {r["lr_message"]}')
     if state.epoch == hp.epochs:
         _logger.info(f'the run already trained its {hp.epochs} epochs: nothing to do (--epochs N extends it)')
     try:
         for epoch in range(state.epoch, hp.epochs):
-            train_loader.sampler.set_epoch(epoch, state.batch)
+            train_loader.sampler.set_epoch(epoch, state.batch_in_epoch)
             images_per_second = train_one_epoch(epoch, train_loader, t, state, hp, save) * world_size
             row = evaluate_epoch(epoch, t, state, hp, val_loader, world_size)
             _logger.info(f'epoch {epoch + 1}/{hp.epochs}: train loss {row["train_loss"]:.4f}, val loss '
@@ -346,8 +318,8 @@ def main(argv: list[str] | None = None) -> int:
                 if hp.plots:
                     plot_curves(state.history, output_dir / 'curves.png')
     except KeyboardInterrupt:
-        print(f'interrupted at epoch {state.epoch + 1}/{hp.epochs}, batch {state.batch}; last checkpoint: '
-              f'{state.last_checkpoint}; resume with: python train.py --resume {output_dir}', file=sys.stderr)
+        print(f'interrupted at epoch {state.epoch + 1}/{hp.epochs}, batch {state.batch_in_epoch}; last checkpoint: '
+              f'{t["last_checkpoint"]}; resume with: python train.py --resume {output_dir}', file=sys.stderr)
         return 130
     if rank == 0:
         _logger.info(f'best top-1 {state.best["top1"]:.2f}% (epoch {state.best["epoch"] + 1}); checkpoints, '
@@ -362,21 +334,20 @@ def main(argv: list[str] | None = None) -> int:
 
 def checkpoint_state(t: dict[str, Any], state: TrainState, meta: dict[str, Any]) -> dict[str, Any]:
     """Everything --resume, validate.py and export need, as plain containers (loads with weights_only=True)."""
-    ckpt = dict(meta, state_dict=timm.utils.unwrap_model(t['model']).state_dict(),
-                optimizer=t['optimizer'].state_dict(), scheduler=t['scheduler'].state_dict(), epoch=state.epoch,
-                batch_in_epoch=state.batch, global_step=state.global_step, best=state.best, history=state.history,
-                epoch_stats=list(state.epoch_stats), rng=rng_state(), version=timm_bot.__version__)
+    ckpt = dict(meta, **dataclasses.asdict(state), state_dict=timm.utils.unwrap_model(t['model']).state_dict(),
+                optimizer=t['optimizer'].state_dict(), scheduler=t['scheduler'].state_dict(), rng=rng_state(),
+                version=timm_bot.__version__)
     if t['model_ema'] is not None:
         ckpt['state_dict_ema'] = t['model_ema'].module.state_dict()
     if t['loss_scaler'] is not None:
         ckpt['scaler'] = t['loss_scaler'].state_dict()
     if not all(w.isfinite().all() for w in ckpt['state_dict'].values() if w.is_floating_point()):
         raise TrainingStopped(f'the weights became NaN/inf by update {state.global_step} (epoch {state.epoch + 1}) and '
-                              f'were not saved; the last checkpoint ({state.last_checkpoint}) is intact. Lower lr.')
+                              f'were not saved; the last checkpoint ({t["last_checkpoint"]}) is intact. Lower lr.')
     return ckpt
 
 
-def restore(t: dict[str, Any], resume: dict[str, Any], hp: TrainHparams, path: Path) -> TrainState:
+def restore(t: dict[str, Any], resume: dict[str, Any], hp: TrainHparams) -> TrainState:
     """The states of a ``--resume`` checkpoint; a new ``epochs`` rebuilds the schedule for the new length."""
     t['model'].load_state_dict(resume['state_dict'])
     t['optimizer'].load_state_dict(resume['optimizer'])
@@ -391,8 +362,8 @@ def restore(t: dict[str, Any], resume: dict[str, Any], hp: TrainHparams, path: P
         t['loss_scaler'].load_state_dict(resume['scaler'])
     t['scheduler'].step_update(num_updates=resume['global_step'])
     set_rng_state(resume['rng'])
-    return TrainState(resume['epoch'], resume['batch_in_epoch'], resume['global_step'], resume['best'],
-                      resume['history'], list(resume['epoch_stats']), str(path))
+    t['last_checkpoint'] = resume['path']
+    return TrainState(**{f.name: resume[f.name] for f in dataclasses.fields(TrainState)})
 
 
 def write_summary(history: list[dict], path: Path) -> None:
@@ -409,12 +380,9 @@ def run(argv: list[str] | None = None) -> int:
     """``main`` with the failures a user can fix as one line and an exit code."""
     try:
         return main(argv)
-    except TrainingStopped as e:
+    except (TrainingStopped, BadImageError, ExportError, UnsafeCheckpointError, HubPushError) as e:
         print(f'error: {e}', file=sys.stderr)
-        return 3
-    except (BadImageError, ExportError, UnsafeCheckpointError, HubPushError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 1 if isinstance(e, HubPushError) else 2  # a failed push keeps the checkpoints and the export
+        return 3 if isinstance(e, TrainingStopped) else 1 if isinstance(e, HubPushError) else 2
 
 
 if __name__ == '__main__':

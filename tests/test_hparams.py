@@ -71,7 +71,7 @@ def test_override_wins_over_file(tmp_path):
     ({'amp': 'yes'}, 'expected bool'),
     ({'scale': 0.5}, 'expected a list of float'),
     ({'lr': -0.1}, 'lr=-0.1 is invalid'),
-    ({'smoothing': 1.0}, r'smoothing=1.0 is invalid: expected a number in \[0, 1\)'),
+    ({'smoothing': 1.0}, 'smoothing=1.0 is invalid: expected a number >= 0 and < 1'),
     ({'mixup': -0.2}, 'mixup=-0.2 is invalid'),
     ({'batch_size': 0}, 'batch_size=0 is invalid'),
     ({'sched': 'cosin'}, "Did you mean 'cosine'"),

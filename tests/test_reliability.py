@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import popen_script, read_summary, run_script, same_tensors, script_env, torchrun, train_args
+from conftest import free_port, popen_script, read_summary, run_script, same_tensors, script_env, torchrun, train_args
 
 from timm_bot.checkpoint import load_checkpoint
 
@@ -164,3 +164,32 @@ def test_a_dead_rank_makes_the_run_fail_instead_of_hanging(tmp_path, digits_fold
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+def test_a_hung_peer_makes_train_py_fail_within_dist_timeout(tmp_path, digits_folder):
+    """What --dist_timeout is for, without torchrun's agent to clean up: two ``python train.py`` started by hand;
+    rank 1 is frozen with SIGSTOP mid-training (alive, sockets open) -> rank 0 fails its next collective and exits
+    non-zero within dist_timeout (10 s) + slack instead of blocking forever."""
+    port, procs = str(free_port()), {}
+    args = train_args(tmp_path, 'run', '--data_dir', digits_folder, '--batch_size', '8', '--checkpoint_interval', '1',
+                      '--dist_timeout', '10', epochs=20)
+    for rank in (0, 1):
+        env = script_env(RANK=str(rank), WORLD_SIZE='2', LOCAL_RANK=str(rank), MASTER_ADDR='127.0.0.1',
+                         MASTER_PORT=port)
+        procs[rank] = popen_script(*args, log=tmp_path / f'rank{rank}.txt', env=env)
+    try:
+        deadline = time.monotonic() + 180
+        while not (tmp_path / 'run' / 'last.pth.tar').exists():
+            assert all(p.poll() is None for p in procs.values()) and time.monotonic() < deadline, \
+                (tmp_path / 'rank0.txt').read_text()
+            time.sleep(0.05)
+        os.kill(procs[1].pid, signal.SIGSTOP)
+        try:
+            assert procs[0].wait(timeout=10 + 50) != 0
+        except subprocess.TimeoutExpired:
+            pytest.fail('rank 0 still running 60 s after rank 1 froze (dist_timeout 10 s): hang')
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()

@@ -112,7 +112,12 @@ def test_divergence_never_overwrites_a_good_checkpoint(tmp_path):
     res = run_script(*train_args(tmp_path, 'nan', '--lr', '1e3', '--checkpoint_interval', '1'), expect=3)
     line = res.error_line()
     assert 'NaN/inf' in line or 'the loss is' in line
-    for ckpt in (tmp_path / 'nan').glob('*.pth.tar'):
-        weights = load_checkpoint(ckpt)['state_dict'].values()
-        assert all(t.isfinite().all() for t in weights if t.is_floating_point()), f'{ckpt} holds non-finite weights'
-        assert f'{ckpt}, epoch 1 batch' in line, 'the message does not name the last (good) checkpoint'
+    ckpt = tmp_path / 'nan' / 'last.pth.tar'
+    assert ckpt.exists() and not (tmp_path / 'nan' / 'model_best.pth.tar').exists(), res.describe()
+    weights = load_checkpoint(ckpt)['state_dict'].values()
+    assert all(t.isfinite().all() for t in weights if t.is_floating_point()), 'a non-finite checkpoint was written'
+    assert f'{ckpt}, epoch 1 batch' in line, 'the message does not name the last (good) checkpoint'
+    before = ckpt.read_bytes(), ckpt.stat().st_mtime_ns
+    again = run_script('train.py', '--resume', tmp_path / 'nan', expect=3)  # the same divergence, replayed exactly
+    assert str(ckpt) in again.error_line() and (ckpt.read_bytes(), ckpt.stat().st_mtime_ns) == before
+    assert sorted(p.name for p in (tmp_path / 'nan').iterdir()) == ['args.yaml', 'last.pth.tar']

@@ -1,11 +1,9 @@
-"""Atomic, pickle-safe checkpoints for train.py, validate.py, export and the distillation teacher (section 5.3).
-
-``save_checkpoint`` writes a temp file beside the target, fsyncs it and ``os.replace`` s it, so a crash never leaves a
-half-written checkpoint; ``load_checkpoint`` only ever uses ``torch.load(weights_only=True)`` (or safetensors).
-"""
+"""Checkpoints for train.py, validate.py, export and the teacher (section 5.3): atomic writes (a crash never leaves a
+half-written file) and ``torch.load(weights_only=True)`` only (a checkpoint never executes code)."""
 from __future__ import annotations
 
 import contextlib
+import difflib
 import json
 import os
 import pickle
@@ -20,8 +18,7 @@ from timm.models import clean_state_dict
 
 __all__ = ['UnsafeCheckpointError', 'save_checkpoint', 'load_checkpoint', 'create_model_from_checkpoint', 'fsync_path',
            'resolve_architecture']
-
-DATA_CONFIG_KEYS = ('input_size', 'interpolation', 'mean', 'std', 'crop_pct', 'crop_mode')
+DATA_KEYS = ('input_size', 'interpolation', 'mean', 'std', 'crop_pct', 'crop_mode')  # a checkpoint's data_config
 
 
 class UnsafeCheckpointError(ValueError):
@@ -30,20 +27,15 @@ class UnsafeCheckpointError(ValueError):
 
 def fsync_path(path: str | os.PathLike) -> None:
     """Flush a file or a directory entry to disk (best effort)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    fd = os.open(path, os.O_RDONLY)
+    with contextlib.suppress(OSError):  # some file systems refuse to fsync a directory
+        os.fsync(fd)
+    os.close(fd)
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
-    """Write ``state`` atomically: temp file in the same folder, fsync, weights-only check, ``os.replace``.
-
-    On any error the temp file is removed and an existing ``path`` is left as it was. Temp files of writers that were
-    killed mid-write are removed by the next save.
-    """
+    """Write ``state`` to a temp file beside ``path``, fsync, check it loads weights-only, ``os.replace``; on error
+    ``path`` is left as it was. Temp files of writers killed mid-write are removed by the next save."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f'.{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp'
@@ -52,63 +44,53 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
-        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(tmp))
-        if unsafe:
-            raise TypeError(f'not saving {path}: torch.load(weights_only=True) would refuse {sorted(unsafe)}; '
-                            'store only tensors and plain containers')
+        if unsafe := torch.serialization.get_unsafe_globals_in_checkpoint(str(tmp)):
+            raise TypeError(f'not saving {path}: torch.load(weights_only=True) would refuse {sorted(unsafe)}')
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     fsync_path(path.parent)
-    for stale in path.parent.glob(f'.{path.name}.*.tmp'):  # left by a writer killed mid-write
+    for stale in path.parent.glob(f'.{path.name}.*.tmp'):
         pid = stale.name[len(path.name) + 2:].split('.')[0]
         if pid.isdigit() and int(pid) != os.getpid() and not Path(f'/proc/{pid}').exists():
             stale.unlink(missing_ok=True)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: Any = 'cpu') -> dict[str, Any]:
-    """Load a checkpoint dict with ``weights_only=True`` (``.safetensors`` through safetensors); never unpickles code.
-
-    Raises:
-        FileNotFoundError: no such file. UnsafeCheckpointError: a pickle of arbitrary objects (refused, not loaded).
-        ValueError: a folder, a truncated/corrupt file, or not a dict.
-    """
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint dict, loaded with ``weights_only=True`` on the CPU. FileNotFoundError; UnsafeCheckpointError for a
+    pickle of arbitrary objects (not loaded); ValueError for a folder, a text file, a truncated file or a non-dict."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f'checkpoint not found: {path}')
     if path.is_dir():
         raise ValueError(f'checkpoint {path} is a folder: give a checkpoint file (e.g. {path}/last.pth.tar)')
     with open(path, 'rb') as f:
-        magic = f.read(4)
-    if path.suffix != '.safetensors' and not magic.startswith((b'PK\x03\x04', b'\x80')):  # zip or legacy pickle
-        raise ValueError(f'{path} is not a checkpoint (a text or other file; expected e.g. last.pth.tar)')
+        if not f.read(4).startswith((b'PK\x03\x04', b'\x80')):  # a zip (torch.save) or a legacy pickle
+            raise ValueError(f'{path} is not a checkpoint (a text or other file; expected e.g. last.pth.tar)')
     try:
-        if path.suffix == '.safetensors':
-            from safetensors.torch import load_file
-            ckpt = load_file(path, device=str(map_location))
-        else:
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
-        if 'weights only load failed' not in str(e).lower():
-            raise ValueError(f'could not read checkpoint {path}: not a torch checkpoint (corrupt?)') from None
-        raise UnsafeCheckpointError(
-            f'refused to load {path}: it holds pickled objects beyond tensors and plain containers, and unpickling '
-            'them could execute arbitrary code; only tensors, numbers, strings, lists and dicts are loaded') from None
-    except Exception as e:  # truncated zip, garbage bytes, YAML text, ...
-        raise ValueError(f'could not read checkpoint {path}: not a readable torch checkpoint '
-                         f'({type(e).__name__}; truncated or not a checkpoint file?)') from None
+        if 'weights only load failed' in str(e).lower():
+            raise UnsafeCheckpointError(f'refused to load {path}: it holds pickled objects beyond tensors and plain '
+                                        'containers, and unpickling them could execute arbitrary code') from None
+        raise ValueError(f'could not read checkpoint {path}: not a torch checkpoint (corrupt?)') from None
+    except Exception as e:  # truncated zip, garbage bytes, ...
+        raise ValueError(f'could not read checkpoint {path} ({type(e).__name__}; truncated or not a checkpoint '
+                         'file?)') from None
     if not isinstance(ckpt, dict):
         raise ValueError(f'checkpoint {path} holds a {type(ckpt).__name__}, expected a dict')
     return ckpt
 
 
 def resolve_architecture(model_name: str) -> tuple[str, dict[str, Any], str | None]:
-    """``(architecture, model_args, source)`` of a timm model name or an ``hf-hub:`` / ``local-dir:`` source.
-
-    A checkpoint records the architecture, never the source string, so it still loads once the source is gone.
-    """
+    """``(architecture, model_args, source)`` of a timm name or an ``hf-hub:`` / ``local-dir:`` export; ValueError
+    (with close names) for an unknown name. Checkpoints record this, so they load once the source is gone."""
     if not model_name.startswith(('hf-hub:', 'local-dir:')):
+        if not timm.is_model(model_name):
+            near = difflib.get_close_matches(model_name, timm.list_models(), n=3)
+            raise ValueError(f'model {model_name!r} is not a timm model' + (f'; did you mean {", ".join(near)}?'
+                                                                             if near else ' (see timm.list_models())'))
         return model_name, {}, None
     if model_name.startswith('local-dir:'):
         config_file = Path(model_name[len('local-dir:'):]) / 'config.json'
@@ -123,28 +105,18 @@ def resolve_architecture(model_name: str) -> tuple[str, dict[str, Any], str | No
     return config['architecture'], model_args, model_name
 
 
-def _from_export_folder(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
-    """An export folder (config.json + model.safetensors) read by timm's own 'local-dir:' loader."""
-    config = json.loads((folder / 'config.json').read_text())
-    model = timm.create_model(f'local-dir:{folder.resolve()}', pretrained=True)
-    cfg = config.get('pretrained_cfg', {})
-    ckpt = {'arch': config['architecture'], 'model_args': config.get('model_args', {}),
-            'num_classes': config.get('num_classes', model.num_classes), 'label_names': config.get('label_names'),
-            'data_config': {k: cfg[k] for k in DATA_CONFIG_KEYS if k in cfg}}
-    return model.eval(), ckpt
-
-
 def create_model_from_checkpoint(path: str | os.PathLike, use_ema: bool = False) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model of a train.py checkpoint (or an export folder): ``(model in eval mode, checkpoint dict)``.
-
-    ``model.pretrained_cfg`` gets the checkpoint's ``data_config``, so ``timm.data.resolve_data_config(model=model)``
-    gives the preprocessing the model was trained with.
-    """
+    """``(model in eval mode, checkpoint dict)`` of a train.py checkpoint or an export folder; ``model.pretrained_cfg``
+    holds the preprocessing it was trained with, for ``timm.data.resolve_data_config(model=model)``."""
     path = Path(path)
-    if path.is_dir() and (path / 'config.json').is_file():
+    if path.is_dir() and (path / 'config.json').is_file():  # an export, read by timm's own local-dir: loader
         if use_ema:
             raise ValueError(f'{path} is an export folder: it holds one set of weights, drop --use-ema')
-        return _from_export_folder(path)
+        model = timm.create_model(f'local-dir:{path.resolve()}', pretrained=True)
+        config = json.loads((path / 'config.json').read_text())
+        return model.eval(), {'arch': config['architecture'], 'model_args': config.get('model_args', {}),
+                              'num_classes': model.num_classes, 'label_names': config.get('label_names'),
+                              'data_config': {k: v for k, v in model.pretrained_cfg.items() if k in DATA_KEYS}}
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt.get('arch'), str) or 'state_dict' not in ckpt:
         raise ValueError(f'{path} is not a train.py checkpoint (no arch/state_dict): build the model yourself and load '

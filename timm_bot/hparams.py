@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import types
+import operator
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,10 +22,13 @@ class HparamsError(ValueError):
     """A bad hparams file, key or value; ``str()`` is one line naming the key and what is valid."""
 
 
-def _h(default: Any, help: str) -> Any:
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={'help': help})
-    return field(default=default, metadata={'help': help})
+_BOUNDS = {'ge': (operator.ge, '>='), 'gt': (operator.gt, '>'), 'le': (operator.le, '<='), 'lt': (operator.lt, '<')}
+
+
+def _h(default: Any, help: str, **valid: Any) -> Any:
+    """A field with its ``--help`` line and its valid values: bounds ``ge``/``gt``/``le``/``lt`` or ``choices``."""
+    factory = {'default_factory': lambda: list(default)} if isinstance(default, list) else {'default': default}
+    return field(metadata={'help': help, **valid}, **factory)
 
 
 @dataclass
@@ -33,59 +36,62 @@ class TrainHparams:
     """Every switch of the paper's recipes; defaults are its ResNet-50-D recipe (sections 2-5)."""
     model: str = _h('resnet50d_bot', 'any timm model name, hf-hub:ORG/NAME or local-dir:PATH')
     pretrained: bool = _h(False, 'start from the pretrained weights of `model` (fine-tuning)')
-    weight_init: str = _h('xavier', "'xavier' (section 2) or 'timm' (the model's own init); ignored when pretrained")
+    weight_init: str = _h('xavier', "'xavier' (section 2) or 'timm' (the model's own init); ignored when pretrained",
+                          choices=('xavier', 'timm'))
     zero_init_last: bool = _h(True, 'zero-gamma: last BN of every residual branch starts at 0 (section 3.1)')
-    drop_rate: float = _h(0.0, 'dropout before the classifier')
+    drop_rate: float = _h(0.0, 'dropout before the classifier', ge=0, lt=1)
     data_dir: str = _h('digits', "'digits' (embedded), a folder with train/ and val/ (or .tar) splits, or a .tar")
     train_split: str = _h('train', 'training split name')
     val_split: str = _h('val', 'validation split name')
     skip_bad_images: bool = _h(False, 'skip and count unreadable images instead of stopping')
-    workers: int = _h(2, 'data loader worker processes')
+    workers: int = _h(2, 'data loader worker processes', ge=0)
     pin_memory: bool = _h(False, 'pin host memory (CUDA)')
-    img_size: int = _h(224, 'training crop / eval size (section 2: 224; Inception-V3: 299)')
-    crop_pct: float = _h(0.875, 'eval center-crop fraction (section 2: 224/256)')
-    interpolation: str = _h('bilinear', 'resize interpolation')
-    scale: list[float] = _h([0.08, 1.0], 'random-resized-crop area range (section 2)')
-    ratio: list[float] = _h([3 / 4, 4 / 3], 'random-resized-crop aspect-ratio range (section 2)')
-    hflip: float = _h(0.5, 'horizontal flip probability (section 2)')
-    color_jitter: float = _h(0.4, 'brightness/saturation scaling in [1-x, 1+x] (section 2)')
+    img_size: int = _h(224, 'training crop / eval size (section 2: 224; Inception-V3: 299)', ge=1)
+    crop_pct: float = _h(0.875, 'eval center-crop fraction (section 2: 224/256)', gt=0, le=1)
+    interpolation: str = _h('bilinear', 'resize interpolation', choices=('bilinear', 'bicubic', 'nearest', 'random'))
+    scale: list[float] = _h([0.08, 1.0], 'random-resized-crop area range (section 2)', gt=0, le=1, size=2)
+    ratio: list[float] = _h([3 / 4, 4 / 3], 'random-resized-crop aspect-ratio range (section 2)', gt=0, size=2)
+    hflip: float = _h(0.5, 'horizontal flip probability (section 2)', ge=0, le=1)
+    color_jitter: float = _h(0.4, 'brightness/saturation scaling in [1-x, 1+x] (section 2)', ge=0, lt=1)
     hue_jitter: bool = _h(True, 'also scale the hue by [1-x, 1+x] (section 2)')
-    pca_lighting: float = _h(0.1, 'PCA lighting noise std (section 2)')
-    mean: list[float] | None = _h(None, "normalization mean; null = the model's (paper's for *_bot models)")
-    std: list[float] | None = _h(None, "normalization std; null = the model's (paper's for *_bot models)")
-    epochs: int = _h(120, 'training epochs (section 2: 120; mixup 200)')
-    batch_size: int = _h(256, 'batch size per process')
-    grad_accum_steps: int = _h(1, 'batches accumulated per optimizer update')
+    pca_lighting: float = _h(0.1, 'PCA lighting noise std (section 2)', ge=0)
+    mean: list[float] | None = _h(None, "normalization mean; null = the model's (paper's for *_bot models)", size=3)
+    std: list[float] | None = _h(None, "normalization std; null = the model's (paper's for *_bot models)", gt=0,
+                                 size=3)
+    epochs: int = _h(120, 'training epochs (section 2: 120; mixup 200)', ge=1)
+    batch_size: int = _h(256, 'batch size per process', ge=1)
+    grad_accum_steps: int = _h(1, 'batches accumulated per optimizer update', ge=1)
     opt: str = _h('nag', "optimizer: 'nag' (section 2) or any timm optimizer name")
-    lr: float | None = _h(None, 'learning rate; null = linear scaling lr_base x global batch / lr_base_size (3.1)')
-    lr_base: float = _h(0.1, 'lr for a global batch of lr_base_size (section 3.1)')
-    lr_base_size: int = _h(256, 'reference batch of the linear scaling rule (section 3.1)')
-    momentum: float = _h(0.9, 'optimizer momentum')
-    weight_decay: float = _h(1e-4, 'weight decay (section 2: 1e-4)')
+    lr: float | None = _h(None, 'learning rate; null: linear scaling lr_base x global batch / lr_base_size (3.1)', gt=0)
+    lr_base: float = _h(0.1, 'lr for a global batch of lr_base_size (section 3.1)', gt=0)
+    lr_base_size: int = _h(256, 'reference batch of the linear scaling rule (section 3.1)', ge=1)
+    momentum: float = _h(0.9, 'optimizer momentum', ge=0, lt=1)
+    weight_decay: float = _h(1e-4, 'weight decay (section 2: 1e-4)', ge=0)
     no_bias_decay: bool = _h(True, 'no weight decay on biases and BN gamma/beta (section 3.1)')
-    sched: str = _h('cosine', "'cosine' (section 5.1) or 'step' (section 2)")
-    warmup_epochs: float = _h(5.0, 'linear warmup, per iteration (section 3.1); must be < epochs')
+    sched: str = _h('cosine', "'cosine' (section 5.1) or 'step' (section 2)", choices=('cosine', 'step'))
+    warmup_epochs: float = _h(5.0, 'linear warmup, per iteration (section 3.1); must be < epochs', ge=0)
     decay_milestones: list[int] = _h([30, 60, 90], "'step': epochs where the lr is multiplied by decay_rate")
-    decay_rate: float = _h(0.1, "'step': lr decay factor")
-    smoothing: float = _h(0.1, 'label smoothing epsilon (section 5.2); 0 disables')
-    smoothing_mode: str = _h('paper', "'paper' (eps/(K-1) per wrong class, 5.2) or 'uniform' (eps/K, timm/torch)")
-    mixup: float = _h(0.0, 'mixup Beta(alpha, alpha) alpha (section 5.4: 0.2); 0 disables')
+    decay_rate: float = _h(0.1, "'step': lr decay factor", gt=0, le=1)
+    smoothing: float = _h(0.1, 'label smoothing epsilon (section 5.2); 0 disables', ge=0, lt=1)
+    smoothing_mode: str = _h('paper', "'paper' (eps/(K-1) per wrong class, 5.2) or 'uniform' (eps/K, timm/torch)",
+                             choices=('paper', 'uniform'))
+    mixup: float = _h(0.0, 'mixup Beta(alpha, alpha) alpha (section 5.4: 0.2); 0 disables', ge=0)
     teacher: str | None = _h(None, 'distillation teacher (5.3): timm name, hf-hub:/local-dir:, or a checkpoint')
-    temperature: float = _h(20.0, 'distillation temperature T (section 5.3)')
+    temperature: float = _h(20.0, 'distillation temperature T (section 5.3)', gt=0)
     amp: bool = _h(False, 'mixed precision (section 3.2)')
-    amp_dtype: str = _h('float16', "'float16' (with loss scaling) or 'bfloat16'")
+    amp_dtype: str = _h('float16', "'float16' (with loss scaling) or 'bfloat16'", choices=('float16', 'bfloat16'))
     channels_last: bool = _h(False, 'channels-last memory format')
     torchcompile: bool = _h(False, 'torch.compile the model')
     model_ema: bool = _h(False, "keep an EMA of the weights (timm's ModelEmaV3; not in the paper)")
-    model_ema_decay: float = _h(0.9998, 'EMA decay per update')
+    model_ema_decay: float = _h(0.9998, 'EMA decay per update', gt=0, lt=1)
     seed: int = _h(42, 'random seed (data order, augmentation, mixup, init)')
     deterministic: bool = _h(False, 'torch.use_deterministic_algorithms')
     device: str = _h('auto', "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
     output: str = _h('output/train', 'parent folder of the run folders')
     experiment: str = _h('', "run folder name (default: date-model); an existing one gets a '-1', '-2' suffix")
-    checkpoint_interval: int = _h(0, 'also save last.pth.tar every N updates (0: at epoch ends only)')
-    log_interval: int = _h(50, 'a progress line every N batches when stderr is not a terminal')
-    dist_timeout: float = _h(300.0, 'seconds before a DDP collective waiting for a dead rank fails')
+    checkpoint_interval: int = _h(0, 'also save last.pth.tar every N updates (0: at epoch ends only)', ge=0)
+    log_interval: int = _h(50, 'a progress line every N batches when stderr is not a terminal', ge=0)
+    dist_timeout: float = _h(300.0, 'seconds before a DDP collective waiting for a dead rank fails', gt=0)
     plots: bool = _h(True, 'write lr.png and curves.png')
     export_dir: str | None = _h(None, 'export model_best as a Hub model folder here at the end')
     push_to_hub: str | None = _h(None, 'push the export to this Hub repo (USER/NAME) at the end')
@@ -96,42 +102,28 @@ class TrainHparams:
 
     def validate(self) -> TrainHparams:
         """Refuse impossible values, naming the key, its value and what is valid."""
-        def _check(key: str, ok: bool, valid: str) -> None:
+        def check(key: str, ok: bool, valid: str) -> None:
             if not ok:
                 raise HparamsError(f'hparams: {key}={getattr(self, key)!r} is invalid: expected {valid}.')
-        _choice('weight_init', self.weight_init, ('xavier', 'timm'))
-        _choice('sched', self.sched, ('cosine', 'step'))
-        _choice('smoothing_mode', self.smoothing_mode, ('paper', 'uniform'))
-        _choice('amp_dtype', self.amp_dtype, ('float16', 'bfloat16'))
-        _choice('interpolation', self.interpolation, ('bilinear', 'bicubic', 'nearest', 'random'))
         import timm.optim
         _choice('opt', self.opt, ['nag'] + sorted(set(timm.optim.list_optimizers()) - {'nag'}))
-        for low, keys in ((1, ('epochs', 'batch_size', 'grad_accum_steps', 'img_size', 'lr_base_size')),
-                          (0, ('workers', 'checkpoint_interval', 'log_interval', 'mixup', 'weight_decay',
-                               'pca_lighting', 'drop_rate'))):
-            for key in keys:
-                _check(key, getattr(self, key) >= low, f'a number >= {low}')
-        for key in ('smoothing', 'color_jitter', 'momentum'):
-            _check(key, 0 <= getattr(self, key) < 1, 'a number in [0, 1)')
-        for key in ('lr_base', 'temperature', 'dist_timeout'):
-            _check(key, getattr(self, key) > 0, 'a positive number')
-        _check('lr', self.lr is None or self.lr > 0, 'a positive number, or null for linear scaling (section 3.1)')
-        _check('warmup_epochs', 0 <= self.warmup_epochs < self.epochs,
-               f'>= 0 and shorter than epochs={self.epochs} (lower warmup_epochs or raise epochs)')
-        _check('hflip', 0 <= self.hflip <= 1, 'a probability in [0, 1]')
-        _check('crop_pct', 0 < self.crop_pct <= 1, 'a number in (0, 1]')
-        _check('decay_rate', 0 < self.decay_rate <= 1, 'a number in (0, 1]')
-        _check('model_ema_decay', 0 < self.model_ema_decay < 1, 'a number in (0, 1)')
-        _check('scale', len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1] <= 1, '[min, max] in (0, 1]')
-        _check('ratio', len(self.ratio) == 2 and 0 < self.ratio[0] <= self.ratio[1], '[min, max] with 0 < min')
-        _check('mean', self.mean is None or len(self.mean) == 3, 'three numbers (RGB) or null')
-        _check('std', self.std is None or (len(self.std) == 3 and min(self.std) > 0), 'three positive numbers')
-        _check('decay_milestones', self.decay_milestones == sorted(self.decay_milestones), 'increasing epochs')
-        _check('device', self.device in ('auto', 'cpu', 'cuda', 'mps') or
-               (self.device.startswith('cuda:') and self.device[5:].isdigit()), "'auto', 'cpu', 'cuda[:N]' or 'mps'")
-        _check('export_ema', self.model_ema or not self.export_ema, 'false unless model_ema is true')
+        for f in dataclasses.fields(self):
+            value, valid = getattr(self, f.name), f.metadata
+            if 'choices' in valid:
+                _choice(f.name, value, valid['choices'])
+            values, size = value if isinstance(value, list) else [] if value is None else [value], valid.get('size')
+            check(f.name, value is None or size in (None, len(values)), f'{size} values')
+            bounds = [(op, valid[op]) for op in _BOUNDS if op in valid]
+            check(f.name, all(_BOUNDS[op][0](v, b) for op, b in bounds for v in values),
+                  'a number ' + ' and '.join(f'{_BOUNDS[op][1]} {b}' for op, b in bounds))
+        for key in ('scale', 'ratio'):
+            check(key, getattr(self, key)[0] <= getattr(self, key)[1], '[min, max] with min <= max')
+        check('warmup_epochs', self.warmup_epochs < self.epochs,
+              f'>= 0 and shorter than epochs={self.epochs} (lower warmup_epochs or raise epochs)')
+        check('decay_milestones', self.decay_milestones == sorted(self.decay_milestones), 'increasing epochs')
+        check('export_ema', self.model_ema or not self.export_ema, 'false unless model_ema is true')
         if self.data_dir != 'digits':
-            _check('data_dir', Path(self.data_dir).exists(), "an existing folder or .tar, or 'digits' (embedded)")
+            check('data_dir', Path(self.data_dir).exists(), "an existing folder or .tar, or 'digits' (embedded)")
         return self
 
 
@@ -155,18 +147,18 @@ _TYPES = typing.get_type_hints(TrainHparams)
 
 def _coerce(key: str, value: Any) -> Any:
     """``value`` checked against the field's type (ints pass as floats, '1e-3' as a float)."""
-    expected, optional = _TYPES[key], False
-    if typing.get_origin(expected) in (typing.Union, types.UnionType):
-        optional, expected = True, next(a for a in typing.get_args(expected) if a is not type(None))
-    if value is None and optional:
-        return None
-    if typing.get_origin(expected) is list:
-        (item,) = typing.get_args(expected)
-        if isinstance(value, (list, tuple)):
-            return [_coerce_scalar(key, v, item) for v in value]
+    expected = _TYPES[key]
+    if type(None) in typing.get_args(expected):  # X | None
+        if value is None:
+            return None
+        expected = typing.get_args(expected)[0]
+    if typing.get_origin(expected) is not list:
+        return _coerce_scalar(key, value, expected)
+    item = typing.get_args(expected)[0]
+    if not isinstance(value, (list, tuple)):
         raise HparamsError(f'hparams: {key}={value!r} has the wrong type: expected a list of {item.__name__}, '
                            'e.g. [0.5, 1.0].')
-    return _coerce_scalar(key, value, expected)
+    return [_coerce_scalar(key, v, item) for v in value]
 
 
 def _coerce_scalar(key: str, value: Any, expected: type) -> Any:
@@ -261,13 +253,11 @@ def resolve_device(spec: str) -> torch.device:
     """'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:N' or 'mps'; ValueError when not available here."""
     if spec == 'auto':
         spec = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
-    if spec.startswith('cuda'):
-        index = int(spec[5:]) if spec[5:].isdigit() else 0
-        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
-            raise ValueError(f"device {spec!r} is not available here ({torch.cuda.device_count()} CUDA devices): "
-                             "use device 'cpu' or 'auto'")
-    elif spec == 'mps' and not torch.backends.mps.is_available():
-        raise ValueError("device 'mps' is not available here: use device 'cpu' or 'auto'")
-    elif spec not in ('cpu', 'cuda', 'mps'):
+    if spec not in ('cpu', 'cuda', 'mps') and not (spec.startswith('cuda:') and spec[5:].isdigit()):
         raise ValueError(f"device {spec!r} is not one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'")
+    available = torch.cuda.device_count() > int(spec[5:] or 0) if spec.startswith('cuda') else \
+        spec != 'mps' or torch.backends.mps.is_available()
+    if not available:
+        count = f' ({torch.cuda.device_count()} CUDA devices)' if spec.startswith('cuda') else ''
+        raise ValueError(f"device {spec!r} is not available here{count}: use device 'cpu' or 'auto'")
     return torch.device(spec)

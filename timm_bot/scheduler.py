@@ -25,6 +25,10 @@ class _PaperBatchIndex:
     def _get_lr(self, t: int) -> list[float]:
         return super()._get_lr(t + 1)
 
+    def lr_per_batch(self, num_batches: int) -> list[float]:
+        """The lr of batches 1..``num_batches`` (of the first param group), for the plot of the schedule."""
+        return [self._get_lr(t)[0] for t in range(num_batches)]
+
 
 class PaperCosineLRScheduler(_PaperBatchIndex, CosineLRScheduler):
     """timm's warmup + cosine at the paper's batch number (sections 3.1, 5.1)."""

@@ -2,7 +2,7 @@
 import torch
 import torch.nn as nn
 
-__all__ = ['xavier_init_', 'zero_gamma_']
+__all__ = ['paper_init_', 'xavier_init_', 'zero_gamma_']
 
 _BN = nn.modules.batchnorm._BatchNorm
 _SKIP_FLAGS = ('has_skip', 'use_res_connect')  # timm EfficientNet/MobileNet blocks, torchvision MobileNet blocks
@@ -53,3 +53,14 @@ def zero_gamma_(model: nn.Module, value: float = 0.0) -> int:
     for bn in bns:
         bn.weight.fill_(value)
     return len(bns)
+
+
+def paper_init_(model: nn.Module, weight_init: str = 'xavier', zero_init_last: bool = True) -> str:
+    """Xavier (section 2, or ``'timm'``: the model's own) and zero-gamma (3.1) on any model; returns a log line."""
+    if weight_init == 'xavier':
+        xavier_init_(model)
+    count = zero_gamma_(model, 0.0 if zero_init_last else 1.0)
+    if not zero_init_last:
+        return f'{weight_init} init'
+    return f'{weight_init} init, zero-gamma (3.1): ' + (f'{count} residual branches end at gamma 0' if count else
+                                                         'no residual branch ending in a BatchNorm: not applied')

@@ -1,11 +1,12 @@
 """The ResNets of *Bag of Tricks* (He et al., 2019), section 4, Figure 2, Table 5, as timm's own ``ResNet``."""
 import re
+from collections.abc import Callable
 from typing import Any
 
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
-__all__ = ['BottleneckV1', 'PAPER_MEAN', 'PAPER_STD']
+__all__ = ['BottleneckV1', 'MODELS', 'PAPER_MEAN', 'PAPER_STD']
 
 PAPER_MEAN = (123.68 / 255, 116.779 / 255, 103.939 / 255)  # section 2, on the [0, 1] scale
 PAPER_STD = (58.393 / 255, 57.12 / 255, 57.375 / 255)
@@ -21,8 +22,6 @@ class BottleneckV1(Bottleneck):
 
 _NAME = re.compile(r'resnet(\d+)([bcd]?)_(tiny_)?bot')  # depth, tweak (section 4), tiny (1/4 width, not in the paper)
 _LAYERS = {18: (2,) * 4, 26: (2,) * 4, 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
-_VARIANTS = [f'resnet{d}{t}_bot' for d in (18, 34, 50, 101, 152) for t in ('', 'b', 'c', 'd') if d > 34 or t != 'b']
-_VARIANTS += ['resnet18d_tiny_bot'] + [f'resnet26{t}_tiny_bot' for t in ('', 'b', 'c', 'd')]
 
 
 def _cfg(variant: str) -> dict[str, Any]:
@@ -38,9 +37,6 @@ def _cfg(variant: str) -> dict[str, Any]:
     return cfg
 
 
-default_cfgs = generate_default_cfgs({f'{v}.gluon_in1k' if 'hf_hub_id' in _cfg(v) else v: _cfg(v) for v in _VARIANTS})
-
-
 def _create(variant: str, pretrained: bool, **kwargs: Any) -> ResNet:
     depth, tweak, tiny = _NAME.fullmatch(variant).groups()
     block = BasicBlock if depth in ('18', '34') else Bottleneck if tweak else BottleneckV1
@@ -49,117 +45,43 @@ def _create(variant: str, pretrained: bool, **kwargs: Any) -> ResNet:
     return build_model_with_cfg(ResNet, variant, pretrained, **{**args, **stem, **kwargs})
 
 
-@register_model
-def resnet18_bot(pretrained: bool = False, **kwargs: Any) -> ResNet:
-    """ResNet-18 (basic blocks: original = ResNet-B, section 4.1)."""
-    return _create('resnet18_bot', pretrained, **kwargs)
+MODELS = {  # every registered name (section 4, Figure 2, Table 5) and its docstring
+    'resnet18_bot': 'ResNet-18 (basic blocks: original = ResNet-B, section 4.1).',
+    'resnet18c_bot': 'ResNet-18-C: three 3x3 stem convs (section 4.2).',
+    'resnet18d_bot': 'ResNet-18-D: C + avg-pool shortcut downsampling (section 4.2).',
+    'resnet34_bot': 'ResNet-34 (basic blocks: original = ResNet-B, section 4.1).',
+    'resnet34c_bot': 'ResNet-34-C (section 4.2).',
+    'resnet34d_bot': 'ResNet-34-D (section 4.2).',
+    'resnet50_bot': 'ResNet-50, original bottleneck (Table 5: 25M params, 3.8 GFLOPs, 76.21%).',
+    'resnet50b_bot': 'ResNet-50-B: stride on the 3x3 conv (Table 5: 76.66%).',
+    'resnet50c_bot': 'ResNet-50-C: deep stem (Table 5: 76.87%).',
+    'resnet50d_bot': 'ResNet-50-D: C + avg-pool shortcut (Table 5: 4.3 GFLOPs, 77.16%).',
+    'resnet101_bot': 'ResNet-101, original bottleneck (section 4).',
+    'resnet101b_bot': 'ResNet-101-B (section 4.1).',
+    'resnet101c_bot': 'ResNet-101-C (section 4.2).',
+    'resnet101d_bot': 'ResNet-101-D (section 4.2).',
+    'resnet152_bot': 'ResNet-152, original bottleneck (section 4).',
+    'resnet152b_bot': 'ResNet-152-B (section 4.1).',
+    'resnet152c_bot': 'ResNet-152-C (section 4.2).',
+    'resnet152d_bot': 'ResNet-152-D, the distillation teacher (section 5.3).',
+    'resnet18d_tiny_bot': 'Not in the paper: ResNet-18-D at 1/4 width for 32x32 CPU runs.',
+    'resnet26_tiny_bot': 'Not in the paper: original-bottleneck ResNet-26 at 1/4 width (CPU ablation ladder).',
+    'resnet26b_tiny_bot': 'Not in the paper: ResNet-26-B at 1/4 width.',
+    'resnet26c_tiny_bot': 'Not in the paper: ResNet-26-C at 1/4 width.',
+    'resnet26d_tiny_bot': 'Not in the paper: ResNet-26-D at 1/4 width.',
+}
 
-@register_model
-def resnet18c_bot(pretrained: bool = False, **kwargs: Any) -> ResNet:
-    """ResNet-18-C: three 3x3 stem convs (section 4.2)."""
-    return _create('resnet18c_bot', pretrained, **kwargs)
 
-@register_model
-def resnet18d_bot(pretrained: bool = False, **kwargs: Any) -> ResNet:
-    """ResNet-18-D: C + avg-pool shortcut downsampling (section 4.2)."""
-    return _create('resnet18d_bot', pretrained, **kwargs)
+def _entrypoint(variant: str, doc: str) -> Callable[..., ResNet]:
+    """``def variant(pretrained=False, **kwargs)`` as timm's model files write each one, for ``@register_model``."""
+    def entrypoint(pretrained: bool = False, **kwargs: Any) -> ResNet:
+        return _create(variant, pretrained, **kwargs)
+    entrypoint.__name__ = entrypoint.__qualname__ = variant
+    entrypoint.__doc__ = doc
+    return entrypoint
 
-@register_model
-def resnet34_bot(pretrained: bool = False, **kwargs: Any) -> ResNet:
-    """ResNet-34 (basic blocks: original = ResNet-B, section 4.1)."""
-    return _create('resnet34_bot', pretrained, **kwargs)
 
-@register_model
-def resnet34c_bot(pretrained: bool = False, **kwargs: Any) -> ResNet:
-    """ResNet-34-C (section 4.2)."""
-    return _create('resnet34c_bot', pretrained, **kwargs)
+default_cfgs = generate_default_cfgs({f'{v}.gluon_in1k' if 'hf_hub_id' in _cfg(v) else v: _cfg(v) for v in MODELS})
 
-@register_model
-def resnet34d_bot(pretrained: bool = False, **kwargs: Any) -> ResNet:
-    """ResNet-34-D (section 4.2)."""
-    return _create('resnet34d_bot', pretrained, **kwargs)
-
-@register_model
-def resnet50_bot(pretrained: bool = False, **kwargs: Any) -> ResNet:
-    """ResNet-50, original bottleneck (Table 5: 25M params, 3.8 GFLOPs, 76.21%)."""
-    return _create('resnet50_bot', pretrained, **kwargs)
-
-@register_model
-def resnet50b_bot(pretrained: bool = False, **kwargs: Any) -> ResNet:
-    """ResNet-50-B: stride on the 3x3 conv (Table 5: 76.66%)."""
-    return _create('resnet50b_bot', pretrained, **kwargs)
-
-@register_model
-def resnet50c_bot(pretrained: bool = False, **kwargs: Any) -> ResNet:
-    """ResNet-50-C: deep stem (Table 5: 76.87%)."""
-    return _create('resnet50c_bot', pretrained, **kwargs)
-
-@register_model
-def resnet50d_bot(pretrained: bool = False, **kwargs: Any) -> ResNet:
-    """ResNet-50-D: C + avg-pool shortcut (Table 5: 4.3 GFLOPs, 77.16%)."""
-    return _create('resnet50d_bot', pretrained, **kwargs)
-
-@register_model
-def resnet101_bot(pretrained: bool = False, **kwargs: Any) -> ResNet:
-    """ResNet-101, original bottleneck (section 4)."""
-    return _create('resnet101_bot', pretrained, **kwargs)
-
-@register_model
-def resnet101b_bot(pretrained: bool = False, **kwargs: Any) -> ResNet:
-    """ResNet-101-B (section 4.1)."""
-    return _create('resnet101b_bot', pretrained, **kwargs)
-
-@register_model
-def resnet101c_bot(pretrained: bool = False, **kwargs: Any) -> ResNet:
-    """ResNet-101-C (section 4.2)."""
-    return _create('resnet101c_bot', pretrained, **kwargs)
-
-@register_model
-def resnet101d_bot(pretrained: bool = False, **kwargs: Any) -> ResNet:
-    """ResNet-101-D (section 4.2)."""
-    return _create('resnet101d_bot', pretrained, **kwargs)
-
-@register_model
-def resnet152_bot(pretrained: bool = False, **kwargs: Any) -> ResNet:
-    """ResNet-152, original bottleneck (section 4)."""
-    return _create('resnet152_bot', pretrained, **kwargs)
-
-@register_model
-def resnet152b_bot(pretrained: bool = False, **kwargs: Any) -> ResNet:
-    """ResNet-152-B (section 4.1)."""
-    return _create('resnet152b_bot', pretrained, **kwargs)
-
-@register_model
-def resnet152c_bot(pretrained: bool = False, **kwargs: Any) -> ResNet:
-    """ResNet-152-C (section 4.2)."""
-    return _create('resnet152c_bot', pretrained, **kwargs)
-
-@register_model
-def resnet152d_bot(pretrained: bool = False, **kwargs: Any) -> ResNet:
-    """ResNet-152-D, the distillation teacher (section 5.3)."""
-    return _create('resnet152d_bot', pretrained, **kwargs)
-
-@register_model
-def resnet18d_tiny_bot(pretrained: bool = False, **kwargs: Any) -> ResNet:
-    """Not in the paper: ResNet-18-D at 1/4 width for 32x32 CPU runs."""
-    return _create('resnet18d_tiny_bot', pretrained, **kwargs)
-
-@register_model
-def resnet26_tiny_bot(pretrained: bool = False, **kwargs: Any) -> ResNet:
-    """Not in the paper: original-bottleneck ResNet-26 at 1/4 width (CPU ablation ladder)."""
-    return _create('resnet26_tiny_bot', pretrained, **kwargs)
-
-@register_model
-def resnet26b_tiny_bot(pretrained: bool = False, **kwargs: Any) -> ResNet:
-    """Not in the paper: ResNet-26-B at 1/4 width."""
-    return _create('resnet26b_tiny_bot', pretrained, **kwargs)
-
-@register_model
-def resnet26c_tiny_bot(pretrained: bool = False, **kwargs: Any) -> ResNet:
-    """Not in the paper: ResNet-26-C at 1/4 width."""
-    return _create('resnet26c_tiny_bot', pretrained, **kwargs)
-
-@register_model
-def resnet26d_tiny_bot(pretrained: bool = False, **kwargs: Any) -> ResNet:
-    """Not in the paper: ResNet-26-D at 1/4 width."""
-    return _create('resnet26d_tiny_bot', pretrained, **kwargs)
+for _variant, _doc in MODELS.items():  # timm.create_model('resnet50d_bot'), ...; also importable from here
+    globals()[_variant] = register_model(_entrypoint(_variant, _doc))
