@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 
 import timm_bot
 from timm_bot.amp import create_amp
-from timm_bot.checkpoint import UnsafeCheckpointError, load_checkpoint, resolve_architecture, save_checkpoint
+from timm_bot.checkpoint import create_pretrained_model, load_checkpoint, resolve_architecture, save_checkpoint
 from timm_bot.data import BadImageError, check_same_classes, collate_skip_bad, create_image_dataset
 from timm_bot.distill import DistillationLoss, load_teacher
 from timm_bot.evaluate import evaluate
@@ -68,18 +68,10 @@ def create_model(hp: TrainHparams, num_classes: int, resume: dict | None) -> tup
     """Any timm model with the paper's init (sections 2, 3.1), or a resumed run's architecture; (model, log line)."""
     if resume:  # weights come from the checkpoint
         return timm.create_model(resume['arch'], **dict(resume['model_args'], num_classes=num_classes)), ''
-    try:
-        model = timm.create_model(hp.model, pretrained=hp.pretrained, num_classes=num_classes,
-                                  **({'drop_rate': hp.drop_rate} if hp.drop_rate else {}))
-    except (OSError, RuntimeError) as e:
-        if not hp.pretrained:
-            raise
-        hub_id = getattr(timm.models.get_pretrained_cfg(hp.model), 'hf_hub_id', None) if ':' not in hp.model else None
-        raise ValueError(f'pretrained weights of {hp.model} could not be loaded from {hub_id or hp.model} '
-                         f'({type(e).__name__}). Offline: put them in the Hugging Face cache and set HF_HUB_OFFLINE=1, '
-                         'or use a copy as model: local-dir:PATH') from None
+    kwargs = dict(num_classes=num_classes, **({'drop_rate': hp.drop_rate} if hp.drop_rate else {}))
     if hp.pretrained:
-        return model, 'pretrained weights: weight_init and zero_init_last not applied'
+        return create_pretrained_model(hp.model, **kwargs), 'pretrained: weight_init and zero_init_last not applied'
+    model = timm.create_model(hp.model, **kwargs)
     return model, paper_init_(model, hp.weight_init, hp.zero_init_last)
 
 
@@ -380,7 +372,7 @@ def run(argv: list[str] | None = None) -> int:
     """``main`` with the failures a user can fix as one line and an exit code."""
     try:
         return main(argv)
-    except (TrainingStopped, BadImageError, ExportError, UnsafeCheckpointError, HubPushError) as e:
+    except (TrainingStopped, BadImageError, ExportError, HubPushError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 3 if isinstance(e, TrainingStopped) else 1 if isinstance(e, HubPushError) else 2
 

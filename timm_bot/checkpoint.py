@@ -17,7 +17,7 @@ import torch.nn as nn
 from timm.models import clean_state_dict
 
 __all__ = ['UnsafeCheckpointError', 'save_checkpoint', 'load_checkpoint', 'create_model_from_checkpoint', 'fsync_path',
-           'resolve_architecture']
+           'resolve_architecture', 'create_pretrained_model']
 DATA_KEYS = ('input_size', 'interpolation', 'mean', 'std', 'crop_pct', 'crop_mode')  # a checkpoint's data_config
 
 
@@ -70,12 +70,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             raise ValueError(f'{path} is not a checkpoint (a text or other file; expected e.g. last.pth.tar)')
     try:
         ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as e:
-        if 'weights only load failed' in str(e).lower():
+    except Exception as e:  # a refused pickle, a truncated zip, garbage bytes, ...
+        if isinstance(e, pickle.UnpicklingError) and 'weights only load failed' in str(e).lower():
             raise UnsafeCheckpointError(f'refused to load {path}: it holds pickled objects beyond tensors and plain '
                                         'containers, and unpickling them could execute arbitrary code') from None
-        raise ValueError(f'could not read checkpoint {path}: not a torch checkpoint (corrupt?)') from None
-    except Exception as e:  # truncated zip, garbage bytes, ...
         raise ValueError(f'could not read checkpoint {path} ({type(e).__name__}; truncated or not a checkpoint '
                          'file?)') from None
     if not isinstance(ckpt, dict):
@@ -103,6 +101,18 @@ def resolve_architecture(model_name: str) -> tuple[str, dict[str, Any], str | No
     config = json.loads(config_file.read_text())
     model_args = {k: v for k, v in (config.get('model_args') or {}).items() if k != 'num_classes'}  # a new head
     return config['architecture'], model_args, model_name
+
+
+def create_pretrained_model(name: str, **kwargs: Any) -> nn.Module:
+    """``timm.create_model(name, pretrained=True)``; weights that cannot be had (offline, no such repo or folder) raise
+    a one-line ValueError naming where they were looked for and how to work offline."""
+    try:
+        return timm.create_model(name, pretrained=True, **kwargs)
+    except (OSError, RuntimeError, ValueError) as e:
+        hub_id = None if ':' in name else getattr(timm.models.get_pretrained_cfg(name), 'hf_hub_id', None)
+        raise ValueError(f'pretrained weights of {name} could not be loaded from {hub_id or name} ({type(e).__name__}: '
+                         f'{str(e).strip()}'.splitlines()[0] + '). Offline: put them in the Hugging Face cache and '
+                         'set HF_HUB_OFFLINE=1, or use a copy as model: local-dir:PATH') from None
 
 
 def create_model_from_checkpoint(path: str | os.PathLike, use_ema: bool = False) -> tuple[nn.Module, dict[str, Any]]:
