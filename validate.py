@@ -8,11 +8,7 @@
 Writes JSON results (default: validate-<checkpoint>[-ema]-<split>.json beside the checkpoint). Exit codes: 0 ok,
 2 bad input (one `error:` line on stderr, before any work), 130 interrupted. Options also take `_` for `-`.
 """
-from __future__ import annotations
-
 import argparse
-import contextlib
-import difflib
 import json
 import logging
 import re
@@ -20,26 +16,21 @@ import sys
 from pathlib import Path
 
 import timm
-import timm.data
 import torch
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 import timm_bot  # noqa: F401  (registers the _bot models)
-from timm_bot.checkpoint import create_model_from_checkpoint
+from timm_bot.amp import create_amp
+from timm_bot.checkpoint import create_model_from_checkpoint, create_pretrained_model, resolve_architecture
 from timm_bot.data import check_same_classes, collate_skip_bad, create_image_dataset
 from timm_bot.evaluate import evaluate
 from timm_bot.hparams import resolve_device
 
-_logger = logging.getLogger('validate')
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        self.exit(2, f'error: {message} (see --help)\n')
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.error = lambda message: parser.exit(2, f'error: {message} (see --help)\n')  # one line, exit 2
 
     def opt(name: str, **kwargs) -> None:  # --data-dir and --data_dir
         parser.add_argument(*dict.fromkeys((f'--{name}', f'--{name.replace("-", "_")}')), **kwargs)
@@ -57,42 +48,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     opt('skip-bad-images', action='store_true', help='skip unreadable images (counted) instead of failing')
     opt('amp', action='store_true', help='bfloat16 autocast')
     opt('device', default='auto', help='auto, cpu, cuda, cuda:N or mps')
-    opt('results-file', default='', help='JSON results path')
+    opt('results-file', type=Path, help='JSON results path')
     opt('log-interval', type=int, default=50, help='progress line every N batches when stderr is not a terminal')
     return parser.parse_args(argv)
 
 
 def check_args(args: argparse.Namespace) -> tuple[torch.device, Path]:
     """Everything that can be wrong in the command line, checked before any work: (device, results file)."""
-    for flag, value, low in (('batch-size', args.batch_size, 1), ('workers', args.workers, 0),
-                             ('log-interval', args.log_interval, 0)):
-        if value < low:
+    for flag, low in (('batch-size', 1), ('workers', 0), ('log-interval', 0)):
+        if (value := getattr(args, flag.replace('-', '_'))) < low:
             raise ValueError(f'--{flag} {value}: must be >= {low}')
     if args.use_ema and not args.checkpoint:
         raise ValueError('--use-ema needs a --checkpoint trained with model_ema')
-    if args.model and not args.model.startswith(('hf-hub:', 'local-dir:')) and not timm.is_model(args.model):
-        close = difflib.get_close_matches(args.model, timm.list_models(), n=3)
-        raise ValueError(f'unknown --model {args.model!r}' + (f': did you mean {", ".join(close)}?' if close else ''))
-    ckpt = Path(args.checkpoint)
-    if args.results_file and not Path(args.results_file).parent.is_dir():
-        raise ValueError(f'--results-file {args.results_file}: folder {Path(args.results_file).parent} does not exist')
-    stem = re.sub(r'(\.pth)?\.(tar|pt|pth|safetensors)$', '', ckpt.name) if args.checkpoint else args.model
+    if args.model and ':' not in args.model:
+        resolve_architecture(args.model)  # a ValueError naming close names for an unknown one
+    if args.results_file and not args.results_file.parent.is_dir():
+        raise ValueError(f'--results-file {args.results_file}: folder {args.results_file.parent} does not exist')
+    ckpt = Path(args.checkpoint)  # Path(''): the current folder
+    stem = re.sub(r'(\.pth)?\.(tar|pt|pth|safetensors)$', '', ckpt.name) or args.model
     stem = re.sub(r'[^\w.-]+', '_', stem) + ('-ema' if args.use_ema else '')
-    results = args.results_file or (ckpt.parent if args.checkpoint else Path()) / f'validate-{stem}-{args.split}.json'
-    return resolve_device(args.device), Path(results)
-
-
-def create_model(args: argparse.Namespace, num_classes: int) -> torch.nn.Module:
-    """A timm model without checkpoint: its pretrained weights, else random weights (with a warning)."""
-    if args.model.startswith(('hf-hub:', 'local-dir:')) or timm.list_pretrained(args.model):
-        try:
-            return timm.create_model(args.model, pretrained=True)
-        except Exception as e:  # offline, unknown tag, missing folder, ...
-            raise ValueError(f'could not load the pretrained weights of {args.model}: {type(e).__name__}: '
-                             f'{str(e).strip()}'.splitlines()[0]) from None
-    _logger.warning(f'warning: {args.model} has no pretrained weights and no --checkpoint was given: evaluating '
-                    'RANDOM weights')
-    return timm.create_model(args.model, num_classes=num_classes)
+    return resolve_device(args.device), args.results_file or ckpt.parent / f'validate-{stem}-{args.split}.json'
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,27 +75,26 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     device, results_file = check_args(args)
     model, ckpt = create_model_from_checkpoint(args.checkpoint, args.use_ema) if args.checkpoint else (None, {})
-    _logger.info(f'validate.py on {device}: {args.checkpoint or args.model}{" (EMA)" if args.use_ema else ""}, '
+    logging.info(f'validate.py on {device}: {args.checkpoint or args.model}{" (EMA)" if args.use_ema else ""}, '
                  f'{args.data_dir} [{args.split}]')
     dataset = create_image_dataset(args.data_dir, args.split, skip_bad_images=args.skip_bad_images)
-    model = create_model(args, dataset.num_classes) if model is None else model
+    if model is None and (args.model.startswith(('hf-hub:', 'local-dir:')) or timm.list_pretrained(args.model)):
+        model = create_pretrained_model(args.model)  # one-line ValueError: offline, unknown tag, missing folder, ...
+    elif model is None:
+        logging.warning(f'warning: {args.model} has no pretrained weights (no --checkpoint): evaluating RANDOM weights')
+        model = timm.create_model(args.model, num_classes=dataset.num_classes)
     if model.num_classes != dataset.num_classes or ckpt.get('label_names'):
         check_same_classes(ckpt.get('label_names') or range(model.num_classes), dataset.classes,
                            f'the {args.split} split of {args.data_dir}')
-
-    overrides = {'input_size': args.img_size and (3, args.img_size, args.img_size), 'crop_pct': args.crop_pct}
-    data_config = timm.data.resolve_data_config({k: v for k, v in overrides.items() if v}, model=model)
+    data_config = timm.data.resolve_data_config({'img_size': args.img_size, 'crop_pct': args.crop_pct}, model=model)
     dataset.transform = timm.data.create_transform(**data_config, is_training=False)
     loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate_skip_bad,
                         pin_memory=device.type == 'cuda')
-    _logger.info(f'{len(dataset)} images, {dataset.num_classes} classes, eval transform {data_config}')
+    logging.info(f'{len(dataset)} images, {dataset.num_classes} classes, eval transform {data_config}')
     tty = sys.stderr.isatty()  # a tqdm bar on a terminal, else a progress line every --log-interval batches
-    if tty:
-        from tqdm import tqdm
-        loader = tqdm(loader, desc='validate', leave=False, dynamic_ncols=True)
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if args.amp else contextlib.nullcontext
+    loader = tqdm(loader, desc='validate', leave=False, dynamic_ncols=True) if tty else loader
+    autocast = create_amp(device, args.amp, 'bfloat16')[0]
     metrics = evaluate(model.to(device), loader, device, autocast, log_interval=0 if tty else args.log_interval)
-
     results = {'model': ckpt.get('arch', args.model), 'checkpoint': args.checkpoint or None, 'use_ema': args.use_ema,
                'data_dir': str(args.data_dir), 'split': args.split, 'device': str(device), **metrics,
                'img_size': data_config['input_size'][-1], 'crop_pct': data_config['crop_pct']}

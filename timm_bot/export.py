@@ -1,10 +1,6 @@
-"""Export a train.py checkpoint as a timm / Hugging Face Hub model folder, and push it to the Hub.
-
-timm's ``save_for_hf`` writes ``model.safetensors`` + ``config.json``, a ``huggingface_hub.ModelCard`` the README.md;
-a ``*_bot`` ResNet-B/C/D becomes timm's own ``resnet*`` + ``model_args``. Atomic; the token is never shown.
-``python -m timm_bot.export EXPORT_DIR --push-to-hub USER/NAME`` uploads an existing export (a retry).
-"""
+"""Export a train.py checkpoint as a timm / Hugging Face Hub model folder (atomically), and push it to the Hub."""
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -78,58 +74,18 @@ def timm_architecture(model: torch.nn.Module, arch: str) -> tuple[str, dict[str,
 
 
 def _public(value: Any, key: str = '') -> Any:
-    """A recipe value a reader can use: no machine-local path (a dataset/model name or the last path component)."""
-    if isinstance(value, dict):  # output, export_dir, resume: machine-local folders, not in the card
+    """A recipe value without machine-local paths: output folders dropped, a local model's architecture, a name."""
+    if isinstance(value, dict):
         return {k: _public(v, k) for k, v in value.items() if k not in ('output', 'export_dir', 'resume')}
     if not isinstance(value, str) or value.startswith('hf-hub:'):
         return value
     if key in ('model', 'teacher') and (value.startswith('local-dir:') or os.sep in value):
         path = Path(value.removeprefix('local-dir:')).expanduser()
-        try:  # a local model folder or checkpoint: its architecture
+        with contextlib.suppress(OSError, ValueError, KeyError):  # a local model folder or checkpoint: its architecture
             return resolve_architecture(f'local-dir:{path}')[0] if path.is_dir() else load_checkpoint(path)['arch']
-        except (OSError, ValueError, KeyError):
-            return path.name
-    if key == 'data_dir' or os.path.isabs(value) or value.startswith('~'):
-        return Path(value.rstrip('/\\')).name or value
+    if key in ('model', 'teacher', 'data_dir') or os.path.isabs(value) or value.startswith('~'):
+        return Path(value.removeprefix('local-dir:').rstrip('/\\')).name or value
     return value
-
-
-def _model_card(ckpt: dict[str, Any], checkpoint: Path, architecture: str, export_args: dict[str, Any],
-                use_ema: bool, repo_id: str | None, license: str, params: int) -> ModelCard:
-    """README.md: Hub front matter (timm, tags, dataset, base model, model-index of the measured accuracy) + text."""
-    args_file, summary = checkpoint.parent / 'args.yaml', checkpoint.parent / 'summary.csv'
-    args = _public(yaml.safe_load(args_file.read_text()) if args_file.is_file() else dict(ckpt.get('args') or {}))
-    history = list(ckpt.get('history') or [])
-    if summary.is_file():  # the whole run (timm's update_summary columns), not only up to this checkpoint
-        with summary.open(newline='') as f:
-            history = [{k: float(v) if v else None for k, v in row.items()} for row in csv.DictReader(f)]
-    dataset, split = str(args.get('data_dir') or 'unknown'), str(args.get('val_split') or 'val')
-    prefix = 'eval_ema_' if use_ema else 'eval_'
-    done = None if ckpt.get('batch_in_epoch') else ckpt.get('epoch')  # saved after epoch `done` - 1 (0-based)
-    rows = {'exported weights': next((r for r in history if done and r.get('epoch') == done - 1), None),
-            'best epoch': max(history, key=lambda r: r.get(prefix + 'top1') or -1, default=None),
-            'final epoch': history[-1] if history else None}
-    rows = {label: dict(epoch=int(r['epoch']) + 1, **{k: r.get(prefix + k) for k in ('top1', 'top5', 'loss')})
-            for label, r in rows.items() if r}
-    exported = rows.get('exported weights', {})
-    eval_results = [EvalResult(task_type='image-classification', task_name='Image Classification', metric_type=t,
-                               metric_name=f'{n} accuracy (%)', metric_value=round(exported[k], 4),
-                               dataset_type=dataset, dataset_name=dataset, dataset_split=split)
-                    for k, t, n in (('top1', 'accuracy', 'Top-1'), ('top5', 'top_5_accuracy', 'Top-5'))
-                    if exported.get(k) is not None]
-    kind, _, spec = (ckpt.get('source') or '').partition(':')  # a fine-tune's base: Hub id or folder name
-    base_model = (spec.split('@')[0] if kind == 'hf-hub' else Path(spec.rstrip('/\\')).name) or None
-    name = repo_id.split('/')[-1] if repo_id else architecture
-    card_data = ModelCardData(library_name='timm', license=license, pipeline_tag='image-classification',
-                              datasets=[dataset] if args.get('data_dir') else None, base_model=base_model,
-                              tags=['image-classification', 'timm', 'timm-bot', 'bag-of-tricks', 'arxiv:1812.01187'],
-                              model_name=name, eval_results=eval_results or None)
-    return ModelCard.from_template(
-        card_data, template_path=str(TEMPLATE), paper_title=PAPER_TITLE, model_name=name, base_model=base_model,
-        architecture=architecture, export_args=json.dumps(export_args) if export_args else '', ckpt=ckpt,
-        needs_plugin=not _is_timm(architecture), params=params / 1e6, dataset=dataset, val_split=split,
-        repo_id=repo_id or 'USER/NAME', use_ema=use_ema, done=done, results=rows,
-        recipe=yaml.safe_dump(args, sort_keys=False).rstrip() if args else '')
 
 
 def _check_destination(output_dir: Path, checkpoint: Path, overwrite: bool) -> None:
@@ -138,17 +94,46 @@ def _check_destination(output_dir: Path, checkpoint: Path, overwrite: bool) -> N
         raise ExportError(f'output folder {output_dir} is a file: choose another path')
     if checkpoint.resolve().is_relative_to(output_dir.resolve()):
         raise ExportError(f'output folder {output_dir} contains the checkpoint {checkpoint}: choose another folder')
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
-        raise ExportError(f'output folder {output_dir} is not empty: pass --overwrite to replace a previous export')
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not (output_dir / 'config.json').is_file():
-        raise ExportError(f'refusing to replace {output_dir}: it is not a previous export (no config.json)')
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not (overwrite and (output_dir / 'config.json').is_file()):
+        raise ExportError(f'output folder {output_dir} is not empty: ' + ('it is not a previous export (no config.json)'
+                          if overwrite else 'pass --overwrite to replace a previous export'))
+
+
+def _model_card(ckpt: dict[str, Any], checkpoint: Path, model: torch.nn.Module, arch: str, export_args: dict[str, Any],
+                use_ema: bool, push_to_hub: str | None, license: str) -> ModelCard:
+    """README.md: Hub front matter (tags, dataset, base model, model-index of these weights) + model_card.md's text."""
+    args, summary = _public(dict(ckpt.get('args') or {})), checkpoint.parent / 'summary.csv'
+    history = list(ckpt.get('history') or [])
+    if summary.is_file():  # the whole run (timm's update_summary columns), not only up to this checkpoint
+        with summary.open(newline='') as f:
+            history = [{k: float(v) if v else None for k, v in row.items()} for row in csv.DictReader(f)]
+    dataset, split = str(args.get('data_dir') or 'unknown'), str(args.get('val_split') or 'val')
+    prefix = 'eval_ema_' if use_ema else 'eval_'
+    done = None if ckpt.get('batch_in_epoch') else ckpt.get('epoch')  # saved after epoch `done` - 1 (0-based)
+    exported = next((r for r in history if done and r.get('epoch') == done - 1), {})  # the saved weights' epoch
+    eval_results = [EvalResult(task_type='image-classification', task_name='Image Classification', metric_type=t,
+                               metric_name=f'{n} accuracy (%)', metric_value=round(exported[prefix + k], 4),
+                               dataset_type=dataset, dataset_name=dataset, dataset_split=split)
+                    for k, t, n in (('top1', 'accuracy', 'Top-1'), ('top5', 'top_5_accuracy', 'Top-5'))
+                    if exported.get(prefix + k) is not None]
+    kind, _, spec = (ckpt.get('source') or '').partition(':')  # a fine-tune's base: Hub id or folder name
+    base_model = (spec.split('@')[0] if kind == 'hf-hub' else Path(spec.rstrip('/\\')).name) or None
+    name = push_to_hub.split('/')[-1] if push_to_hub else arch
+    card_data = ModelCardData(library_name='timm', license=license, pipeline_tag='image-classification',
+                              datasets=[dataset] if args.get('data_dir') else None, base_model=base_model,
+                              tags=['image-classification', 'timm', 'timm-bot', 'bag-of-tricks', 'arxiv:1812.01187'],
+                              model_name=name, eval_results=eval_results or None)
+    return ModelCard.from_template(
+        card_data, template_path=str(TEMPLATE), model_name=name, ckpt=ckpt, architecture=arch, export_args=export_args,
+        needs_plugin=not _is_timm(arch), dataset=dataset, val_split=split, use_ema=use_ema, done=done, prefix=prefix,
+        params=sum(p.numel() for p in model.parameters()), repo_id=push_to_hub, history=history, exported=exported,
+        recipe=yaml.safe_dump(args, sort_keys=False).rstrip() if args else '')
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, output_dir: str | os.PathLike, push_to_hub: str | None = None,
                       use_ema: bool = False, overwrite: bool = False, private: bool = False, token: str | None = None,
                       license: str = 'apache-2.0') -> Path:
-    """Write a train.py ``checkpoint`` (a run folder means its ``model_best.pth.tar``) as the folder ``output_dir``
-    and push that to ``push_to_hub``. Raises ExportError (nothing written) or HubPushError (export kept)."""
+    """Export a checkpoint (a run folder: its model_best.pth.tar); ExportError: nothing written, HubPushError: kept."""
     checkpoint, output_dir = Path(checkpoint), Path(output_dir)
     checkpoint = checkpoint / 'model_best.pth.tar' if checkpoint.is_dir() else checkpoint
     if push_to_hub:
@@ -161,15 +146,12 @@ def export_checkpoint(checkpoint: str | os.PathLike, output_dir: str | os.PathLi
     arch, export_args = timm_architecture(model, ckpt['arch'])
     model.pretrained_cfg = dict({k: v for k, v in model.pretrained_cfg.items() if k in CFG_KEYS}, architecture=arch,
                                 license=license, paper_ids='arXiv:1812.01187', paper_name=PAPER_TITLE)
-    data_config = {k: v for k, v in (ckpt.get('data_config') or {}).items() if v is not None}
-    labels = [str(n) for n in ckpt.get('label_names') or []]
-    card = _model_card(ckpt, checkpoint, arch, export_args, use_ema, push_to_hub, license,
-                       sum(p.numel() for p in model.parameters()))
+    card = _model_card(ckpt, checkpoint, model, arch, export_args, use_ema, push_to_hub, license)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp, old = (output_dir.parent / f'.{output_dir.name}.{kind}-{uuid.uuid4().hex[:8]}' for kind in ('tmp', 'old'))
+    tmp, old = (output_dir.parent / f'.{output_dir.name}.{part}-{uuid.uuid4().hex[:8]}' for part in ('tmp', 'old'))
     try:
-        save_for_hf(model, str(tmp), model_config={'label_names': labels} if labels else None,
-                    model_args=export_args, safe_serialization=True, data_config=data_config or None)
+        save_for_hf(model, str(tmp), model_config={'label_names': [str(n) for n in ckpt.get('label_names') or []]},
+                    model_args=export_args, safe_serialization=True)  # pretrained_cfg: the checkpoint's data_config
         card.save(tmp / 'README.md')
         os.chmod(tmp / 'model.safetensors', (tmp / 'README.md').stat().st_mode & 0o777)  # not owner-only
         reloaded = timm.create_model(f'local-dir:{tmp.resolve()}', pretrained=True).eval()
@@ -206,8 +188,7 @@ def check_repo_id(repo_id: str) -> str:
 
 def push_export_to_hub(export_dir: str | os.PathLike, repo_id: str, *, private: bool = False,
                        token: str | None = None) -> str:
-    """Upload the export files of ``export_dir`` (nothing else) to the Hub model repo ``repo_id``, creating it if
-    needed, as timm's ``push_to_hf_hub`` does. Returns the commit URL. Raises ExportError / HubPushError."""
+    """Upload only the export files to the Hub repo (created if needed); the commit URL. ExportError / HubPushError."""
     export_dir = Path(export_dir)
     if not all((export_dir / n).is_file() for n in EXPORT_FILES):
         raise ExportError(f'{export_dir} is not an export folder (no {"/".join(EXPORT_FILES)}): export one first')
@@ -221,8 +202,8 @@ def push_export_to_hub(export_dir: str | os.PathLike, repo_id: str, *, private: 
     api = HfApi(token=secret, library_name='timm', library_version=timm.__version__)
     try:
         repo_id = api.create_repo(repo_id, private=private, exist_ok=True, repo_type='model').repo_id
-        commit = api.upload_folder(repo_id=repo_id, folder_path=export_dir, allow_patterns=list(EXPORT_FILES),
-                                   commit_message=f'Add {arch} trained with timm-bot')
+        return str(api.upload_folder(repo_id=repo_id, folder_path=export_dir, allow_patterns=list(EXPORT_FILES),
+                                     commit_message=f'Add {arch} trained with timm-bot').commit_url)
     except Exception as e:  # any client failure: one scrubbed line, raised outside this block (no chained error)
         status = getattr(getattr(e, 'response', None), 'status_code', None)
         hint = {401: 'the Hub rejected the token (HTTP 401): set HF_TOKEN or run `hf auth login`',
@@ -230,8 +211,6 @@ def push_export_to_hub(export_dir: str | os.PathLike, repo_id: str, *, private: 
         if not status and {'ConnectError', 'ConnectionError', 'Timeout'} & {c.__name__ for c in type(e).__mro__}:
             hint = f'could not reach the Hub at {api.endpoint} (no network?)'
         failure = f'{hint} [{type(e).__name__}: {(str(e).splitlines() or [""])[0]}]'.lstrip()
-    else:
-        return str(commit.commit_url)
     raise HubPushError(f'pushing {export_dir} to {repo_id} failed: {failure}; {retry}'.replace(secret, '***'))
 
 
@@ -250,15 +229,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.token_env and not token:
             raise ExportError(f'--token-env {args.token_env}: that environment variable is not set')
-        if args.output_dir is None and not args.push_to_hub:
-            raise ExportError('give OUTPUT_DIR to export to, or an export folder and --push-to-hub to upload it')
-        if args.output_dir is None:
-            url = push_export_to_hub(args.checkpoint, args.push_to_hub, private=args.private, token=token)
-            print(f'pushed {args.checkpoint} to {args.push_to_hub}: {url}')
-        else:
+        if args.output_dir is not None:
             export_checkpoint(args.checkpoint, args.output_dir, push_to_hub=args.push_to_hub, use_ema=args.use_ema,
                               overwrite=args.overwrite, private=args.private, token=token)
             print(f'exported to {args.output_dir}' + (f', pushed to {args.push_to_hub}' if args.push_to_hub else ''))
+        elif args.push_to_hub:
+            url = push_export_to_hub(args.checkpoint, args.push_to_hub, private=args.private, token=token)
+            print(f'pushed {args.checkpoint} to {args.push_to_hub}: {url}')
+        else:
+            raise ExportError('give OUTPUT_DIR to export to, or an export folder and --push-to-hub to upload it')
         return 0
     except (HubPushError, ValueError, OSError) as e:  # ExportError is a ValueError
         message = str(e).replace(token, '***') if token else str(e)
