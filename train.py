@@ -120,14 +120,13 @@ def setup(argv: list[str] | None) -> dict[str, Any]:
                 meta=meta)
 
 
-def create_loaders(hp: TrainHparams, train_set, val_set, mean, std, rank: int, world_size: int):
-    """Paper augmentation (section 2) seeded per sample for exact resume; eval: resize, center crop."""
+def create_loaders(hp: TrainHparams, train_set, val_set, data_config: dict, rank: int, world_size: int):
+    """Paper augmentation (section 2) seeded per sample for exact resume; eval: resize, center crop (data_config)."""
     transform = create_paper_train_transform(
         hp.img_size, scale=tuple(hp.scale), ratio=tuple(hp.ratio), hflip=hp.hflip, color_jitter=hp.color_jitter,
-        hue=hp.color_jitter if hp.hue_jitter else 0.0, pca_lighting=hp.pca_lighting, mean=mean, std=std,
-        interpolation=hp.interpolation)
-    val_set.transform = timm.data.create_transform(hp.img_size, is_training=False, crop_pct=hp.crop_pct,
-                                                   interpolation=hp.interpolation, mean=mean, std=std)
+        hue=hp.color_jitter if hp.hue_jitter else 0.0, pca_lighting=hp.pca_lighting, mean=data_config['mean'],
+        std=data_config['std'], interpolation=hp.interpolation)
+    val_set.transform = timm.data.create_transform(**data_config, is_training=False)  # what validate.py uses
     # A private generator: the loader's base seed must not come from the global RNG that mixup draws from.
     common = dict(batch_size=hp.batch_size, num_workers=hp.workers, collate_fn=collate_skip_bad,
                   persistent_workers=hp.workers > 0, pin_memory=hp.pin_memory,
@@ -257,8 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     _logger.info(f'device {device} ({world_size} process(es), {torch.get_num_threads()} threads each); {hp.model}: '
                  f'{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {meta["num_classes"]} classes'
                  + (f'; {r["init_message"]}' if r['init_message'] else ''))
-    mean, std = meta['data_config']['mean'], meta['data_config']['std']
-    train_loader, val_loader = create_loaders(hp, r['train_set'], r['val_set'], mean, std, rank, world_size)
+    train_loader, val_loader = create_loaders(hp, r['train_set'], r['val_set'], meta['data_config'], rank, world_size)
     model.to(device, memory_format=torch.channels_last if hp.channels_last else torch.preserve_format)
     r['criterion'].to(device)
 

@@ -122,10 +122,13 @@ def test_load_teacher_from_checkpoint(tmp_path):
     assert cfg['mean'] == TEACHER_MEAN and cfg['std'] == TEACHER_STD and cfg['input_size'] == (3, 32, 32)
     with pytest.raises(ValueError, match='predicts 5 classes but the student has 10'):
         load_teacher(str(path), num_classes=10)
-    other = LABELS[:3] + ['dog', 'cat']
-    with pytest.raises(ValueError, match=r"other labels.*3: 'class_3' vs 'dog', 4: 'class_4' vs 'cat'") as e:
+    other = LABELS[:3] + ['dog', 'cat']  # the student's: the teacher lacks dog/cat, adds class_3/4
+    with pytest.raises(ValueError, match=r"teacher .*teacher\.pth\.tar' has other classes than expected: "
+                                         r"missing \['dog', 'cat'\], extra \['class_3', 'class_4'\]$") as e:
         load_teacher(str(path), num_classes=5, label_names=other)
     assert '\n' not in str(e.value)
+    with pytest.raises(ValueError, match='same names, other order'):
+        load_teacher(str(path), num_classes=5, label_names=LABELS[::-1])
 
 
 def test_load_teacher_from_export_folder_and_local_dir(tmp_path):
@@ -138,7 +141,7 @@ def test_load_teacher_from_export_folder_and_local_dir(tmp_path):
         teacher, cfg = load_teacher(spec, num_classes=5, label_names=LABELS)
         torch.testing.assert_close(teacher(x), model(x), rtol=0, atol=0)
         assert not teacher.training and cfg['mean'] == TEACHER_MEAN
-        with pytest.raises(ValueError, match="0: 'class_0' vs 'zero'"):
+        with pytest.raises(ValueError, match=r"other classes than expected: missing \['zero'\], extra \['class_0'\]"):
             load_teacher(spec, num_classes=5, label_names=['zero'] + LABELS[1:])
 
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
-from timm_bot.loss import BatchMixup, MixedTarget, SmoothedCrossEntropy, label_smoothing_cross_entropy
+from timm_bot.loss import BatchMixup, MixedTarget, SmoothedCrossEntropy
 
 
 def dense_q(target: torch.Tensor, num_classes: int, eps: float) -> torch.Tensor:
@@ -35,7 +35,7 @@ def test_paper_mode_equals_dense_formula_value_and_gradient(eps):
     ref = dense_ce(logits, 0.3 * dense_q(a, 7, eps) + 0.7 * dense_q(b, 7, eps))
     torch.testing.assert_close(ours, ref)
     torch.testing.assert_close(torch.autograd.grad(ours, logits)[0], torch.autograd.grad(ref, logits)[0])
-    torch.testing.assert_close(label_smoothing_cross_entropy(logits, a, eps), dense_ce(logits, dense_q(a, 7, eps)))
+    torch.testing.assert_close(SmoothedCrossEntropy(eps)(logits, a), dense_ce(logits, dense_q(a, 7, eps)))
 
 
 def test_optimal_logit_gap_is_the_papers():

@@ -6,7 +6,7 @@ import torch.nn as nn
 from timm.optim import list_optimizers
 
 import timm_bot.models  # noqa: F401  (registers the *_bot models)
-from timm_bot.optim import create_paper_optimizer, decayed_parameter_names, linear_scaled_lr, resolve_lr
+from timm_bot.optim import create_paper_optimizer, decayed_parameter_names, resolve_lr
 
 WD = 1e-4
 
@@ -80,11 +80,12 @@ def test_nag_is_sgd_nesterov():
 
 def test_linear_scaling():
     """Section 3.1: 0.1 x b / 256; the paper's batch 1024 gives 0.4."""
-    assert linear_scaled_lr(1024) == pytest.approx(0.4)
-    assert linear_scaled_lr(128, world_size=4, grad_accum_steps=2) == pytest.approx(0.4)
-    assert linear_scaled_lr(512, base_lr=0.2, base_batch_size=128) == pytest.approx(0.8)
-    with pytest.raises(ValueError):
-        linear_scaled_lr(0)
+    assert resolve_lr(None, 1024)[0] == pytest.approx(0.4)
+    assert resolve_lr(None, 128, world_size=4, grad_accum_steps=2)[0] == pytest.approx(0.4)
+    assert resolve_lr(None, 512, base_lr=0.2, base_batch_size=128)[0] == pytest.approx(0.8)
+    for batch, base in ((0, 256), (256, 0)):
+        with pytest.raises(ValueError, match='batch sizes must be positive'):
+            resolve_lr(None, batch, base_batch_size=base)
     assert resolve_lr(None, 256, world_size=4) == (pytest.approx(0.4),
                                                    'lr 0.4 = 0.1 x 1024/256 (linear scaling, section 3.1)')
     assert resolve_lr(0.05, 1024) == (0.05, 'lr 0.05 (explicit)')

@@ -1,11 +1,10 @@
-"""Datasets: the embedded digits, and class folders or tars read by timm's readers plus the checks timm lacks: layouts
-it misreads (an empty class folder shifts every later label), unreadable images (never substituted), tars in workers."""
+"""Datasets: the embedded digits, and class folders or tars read by timm's readers plus the checks timm lacks."""
 import functools
 import logging
 import os
 import posixpath
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -19,24 +18,20 @@ from torch.utils.data import Dataset, default_collate
 
 __all__ = ['DIGITS', 'BadImageError', 'create_image_dataset', 'collate_skip_bad', 'check_same_classes']
 
-_logger = logging.getLogger(__name__)
-
 DIGITS = 'digits'  # scikit-learn's 8x8 digits upscaled (bilinear) to 32x32 RGB, split 1438 train / 359 val
 _SPLITS = (('train', 'training'), ('val', 'valid', 'validation', 'eval', 'evaluation'), ('test',))
 
 
 class BadImageError(ValueError):
-    """An image file that cannot be decoded; ``str(e)`` is one line naming the file and the fix."""
+    """An undecodable image file; ``str(e)``: one line naming the file and the fix (of a worker's traceback, too)."""
 
     def __init__(self, message: str):
-        # a DataLoader worker's error arrives with the worker's traceback as message: keep its last line
         last = message.rstrip().splitlines()[-1] if message.strip() else message
         super().__init__(last.split('BadImageError: ', 1)[-1])
 
 
 class CheckedImageDataset(ImageDataset):
-    """timm's ``ImageDataset`` that raises :class:`BadImageError` for an unreadable image (None with
-    ``skip_bad_images``) instead of returning the next sample. Has ``classes``, ``num_classes``, ``targets``."""
+    """timm's ``ImageDataset`` raising :class:`BadImageError` (None if ``skip_bad_images``), never the next image."""
 
     def __init__(self, root: str | os.PathLike, transform: Callable | None = None, skip_bad_images: bool = False):
         super().__init__(str(root), reader='', transform=transform)
@@ -73,7 +68,7 @@ class CheckedImageDataset(ImageDataset):
         except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
             name = self.filename(index)
             if self.skip_bad_images:
-                _logger.warning(f'skipping bad image {name!r} (sample {index}): {e}')
+                logging.getLogger(__name__).warning(f'skipping bad image {name!r} (sample {index}): {e}')
                 return None
             unknown = isinstance(e, UnidentifiedImageError)
             why = 'not an image file PIL can read' if unknown else f'{type(e).__name__}: {e}'
@@ -130,7 +125,7 @@ def _resolve_split(path: Path, split: str) -> Path:
     if present:
         raise FileNotFoundError(f'no "{name}" split in {path} (looked for {", ".join(names)} as folder or .tar; '
                                 f'found {", ".join(present)})')
-    _logger.warning(f'{path} has no "{name}" split folder or tar: reading its class folders for every split')
+    logging.getLogger(__name__).warning(f'{path} has no "{name}" split: reading its class folders for every split')
     return path
 
 
@@ -165,8 +160,7 @@ def _check_layout(path: Path) -> None:
 
 def create_image_dataset(source: str | os.PathLike, split: str, transform: Callable | None = None,
                          skip_bad_images: bool = False) -> CheckedImageDataset | DigitsDataset:
-    """``split`` of ``'digits'``, a folder holding ``{split}/`` or ``{split}.tar`` (timm's synonyms too), a folder of
-    class folders or a ``.tar`` of them; items ``(image, label)``. FileNotFoundError / ValueError on bad input."""
+    """``(image, label)`` dataset: ``'digits'``, a folder with ``{split}/`` or ``{split}.tar``, class folders, a tar."""
     if isinstance(source, str) and source == DIGITS:
         return DigitsDataset(split, transform)
     path = Path(source).expanduser()
@@ -182,19 +176,17 @@ def create_image_dataset(source: str | os.PathLike, split: str, transform: Calla
 
 
 def collate_skip_bad(batch: list[tuple[Any, int] | None]) -> tuple[torch.Tensor | None, torch.Tensor | None, int]:
-    """``collate_fn`` dropping ``None`` samples: ``(images, targets, num_skipped)``; ``(None, None, n)`` if none or
-    only one of several is left (BatchNorm cannot train on one sample)."""
+    """``collate_fn`` dropping ``None`` samples: ``(images, targets, num_skipped)``, or ``(None, None, n)``."""
     kept = [b for b in batch if b is not None]
-    if not kept or (len(kept) == 1 < len(batch)):
+    if not kept or (len(kept) == 1 < len(batch)):  # none left, or one of several: BatchNorm cannot train on one
         return None, None, len(batch)
     return *default_collate(kept), len(batch) - len(kept)
 
 
-def check_same_classes(expected: list[str], found: list[str], where: str) -> None:
+def check_same_classes(expected: Iterable[Any], found: Iterable[Any], where: str) -> None:
     """Raise a one-line ValueError naming the classes ``where`` lacks or adds, or a different order."""
     expected, found = [str(c) for c in expected], [str(c) for c in found]
     if expected != found:
         missing, extra = [c for c in expected if c not in found], [c for c in found if c not in expected]
-        detail = (f'missing {missing[:8]}' if missing else '') + (', ' if missing and extra else '') + \
-            (f'extra {extra[:8]}' if extra else '')
+        detail = ', '.join(f'{kind} {names[:8]}' for kind, names in (('missing', missing), ('extra', extra)) if names)
         raise ValueError(f'{where} has other classes than expected: {detail or "same names, other order"}')

@@ -10,48 +10,41 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import resolve_data_config
 
-from .checkpoint import create_model_from_checkpoint
+from .checkpoint import create_model_from_checkpoint, create_pretrained_model
+from .data import check_same_classes
 
 __all__ = ['DistillationLoss', 'load_teacher']
 
 
 def load_teacher(spec: str, num_classes: int, label_names: Sequence[str] | None = None) -> tuple[nn.Module, dict]:
-    """Section 5.3 teacher ``(frozen eval model, data config)`` from a checkpoint, export folder, ``hf-hub:``,
-    ``local-dir:`` or timm name (random, with a warning, if weightless); ValueError if its classes or labels differ."""
+    """Section 5.3 teacher ``(frozen eval model, data config)``: checkpoint, export, hf-hub:/local-dir: or timm name."""
     if os.path.exists(spec):
-        teacher, ckpt = create_model_from_checkpoint(spec)
-        teacher_classes, teacher_labels = ckpt['num_classes'], ckpt.get('label_names')
+        teacher, info = create_model_from_checkpoint(spec)
     elif spec.startswith(('hf-hub:', 'local-dir:')) or timm.is_model(spec):
-        pretrained = spec.startswith(('hf-hub:', 'local-dir:')) or timm.is_model_pretrained(spec)
-        if not pretrained:
+        if spec.startswith(('hf-hub:', 'local-dir:')) or timm.is_model_pretrained(spec):
+            teacher = create_pretrained_model(spec)
+        else:
             warnings.warn(f'teacher {spec!r} has no pretrained weights: distilling from a random teacher '
                           '(only useful for smoke tests)', stacklevel=2)
-        teacher = timm.create_model(spec, pretrained=pretrained)
-        teacher_classes, teacher_labels = teacher.num_classes, teacher.pretrained_cfg.get('label_names')
+            teacher = timm.create_model(spec)
+        info = teacher.pretrained_cfg  # like a checkpoint, it may hold label_names
     else:
         raise ValueError(f'teacher {spec!r} is neither a checkpoint file, an export folder nor a timm model name '
                          "(for a Hub model use 'hf-hub:ORG/NAME')")
-    if teacher_classes != num_classes:
-        raise ValueError(f'teacher {spec!r} predicts {teacher_classes} classes but the student has {num_classes}')
-    if label_names and teacher_labels and list(label_names) != list(teacher_labels):
-        diff = [f'{i}: {t!r} vs {s!r}' for i, (t, s) in enumerate(zip(teacher_labels, label_names)) if t != s]
-        raise ValueError(f'teacher {spec!r} was trained on other labels than the student (class: teacher vs '
-                         f"student): {', '.join(diff[:3]) or f'{len(teacher_labels)} vs {len(label_names)} labels'}")
+    if teacher.num_classes != num_classes:
+        raise ValueError(f'teacher {spec!r} predicts {teacher.num_classes} classes but the student has {num_classes}')
+    if label_names and info.get('label_names'):
+        check_same_classes(label_names, info['label_names'], f'teacher {spec!r}')
     data_config = resolve_data_config(model=teacher)
     data_config.update({key: tuple(float(v) for v in data_config[key]) for key in ('mean', 'std')})
     return teacher.eval().requires_grad_(False), data_config
 
 
 class DistillationLoss(nn.Module):
-    """Section 5.3 loss ``base_loss(z, target) + T^2 KL(softmax(r/T) || softmax(z/T))``, batch mean (paper T = 20).
+    """Section 5.3 loss ``base_loss(z, target) + T^2 KL(softmax(r/T) || softmax(z/T))``, batch mean (paper T = 20)."""
 
-    r: the frozen teacher's logits on the same inputs, re-normalized to its mean/std. KL = the paper's soft cross
-    entropy minus the teacher's entropy (same gradients). ``last_base_loss`` / ``last_distill_loss``: the two parts.
-    """
-
-    def __init__(self, teacher: nn.Module, base_loss: nn.Module, temperature: float,
-                 student_mean: Sequence[float], student_std: Sequence[float],
-                 teacher_mean: Sequence[float], teacher_std: Sequence[float]) -> None:
+    def __init__(self, teacher: nn.Module, base_loss: nn.Module, temperature: float, student_mean: Sequence[float],
+                 student_std: Sequence[float], teacher_mean: Sequence[float], teacher_std: Sequence[float]) -> None:
         super().__init__()
         if not temperature > 0:
             raise ValueError(f'distillation temperature must be > 0, got {temperature!r}')
@@ -74,9 +67,9 @@ class DistillationLoss(nn.Module):
         return self
 
     def forward(self, student_logits: torch.Tensor, inputs: torch.Tensor, target: Any) -> torch.Tensor:
-        with torch.no_grad():
+        with torch.no_grad():  # r: the frozen teacher's logits on the same inputs, in its own normalization
             teacher_logits = self.teacher(inputs * self.scale + self.shift if self.renormalize else inputs)
-        t = self.temperature
+        t = self.temperature  # KL: the paper's soft cross entropy minus the teacher's entropy, so the same gradients
         log_p_student, log_p_teacher = (F.log_softmax(z.float() / t, dim=-1) for z in (student_logits, teacher_logits))
         distill = F.kl_div(log_p_student, log_p_teacher, reduction='batchmean', log_target=True) * (t * t)
         base = self.base_loss(student_logits, target)

@@ -4,6 +4,7 @@ is generated from it. Mistakes raise :class:`HparamsError` (one line; train.py e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import difflib
 import operator
@@ -145,32 +146,22 @@ _FIELDS = {f.name: f for f in dataclasses.fields(TrainHparams)}
 _TYPES = typing.get_type_hints(TrainHparams)
 
 
-def _coerce(key: str, value: Any) -> Any:
-    """``value`` checked against the field's type (ints pass as floats, '1e-3' as a float)."""
-    expected = _TYPES[key]
-    if type(None) in typing.get_args(expected):  # X | None
-        if value is None:
-            return None
-        expected = typing.get_args(expected)[0]
-    if typing.get_origin(expected) is not list:
-        return _coerce_scalar(key, value, expected)
-    item = typing.get_args(expected)[0]
-    if not isinstance(value, (list, tuple)):
-        raise HparamsError(f'hparams: {key}={value!r} has the wrong type: expected a list of {item.__name__}, '
-                           'e.g. [0.5, 1.0].')
-    return [_coerce_scalar(key, v, item) for v in value]
-
-
-def _coerce_scalar(key: str, value: Any, expected: type) -> Any:
-    if expected is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
-        try:
+def _coerce(key: str, value: Any, expected: Any = None) -> Any:
+    """``value`` checked against the field's type: ints pass as floats, '1e-3' as a float, None for ``X | None``."""
+    expected = expected or _TYPES[key]
+    args, name = typing.get_args(expected), getattr(expected, '__name__', '')
+    if type(None) in args:
+        return None if value is None else _coerce(key, value, args[0])
+    if typing.get_origin(expected) is list:
+        if isinstance(value, (list, tuple)):
+            return [_coerce(key, v, args[0]) for v in value]
+        name = f'a list of {args[0].__name__}, e.g. [0.5, 1.0]'
+    elif expected is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        with contextlib.suppress(ValueError):
             return float(value)  # ints, and '1e-3' (PyYAML reads YAML 1.2 floats like that as strings)
-        except ValueError:
-            pass
     elif isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
         return value
-    raise HparamsError(f'hparams: {key}={value!r} has the wrong type ({type(value).__name__}): expected '
-                       f'{expected.__name__}.')
+    raise HparamsError(f'hparams: {key}={value!r} has the wrong type ({type(value).__name__}): expected {name}.')
 
 
 def _yaml_value(text: str) -> Any:

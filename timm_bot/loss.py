@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ['BatchMixup', 'MixedTarget', 'SmoothedCrossEntropy', 'label_smoothing_cross_entropy']
+__all__ = ['BatchMixup', 'MixedTarget', 'SmoothedCrossEntropy']
 
 
 class MixedTarget(NamedTuple):
@@ -15,38 +15,29 @@ class MixedTarget(NamedTuple):
     lam: float
 
 
-def _check(smoothing: float, mode: str) -> None:
-    if not 0.0 <= smoothing < 1.0 or mode not in ('paper', 'uniform'):
-        raise ValueError(f"label smoothing needs 0 <= smoothing < 1 and mode 'paper' or 'uniform', "
-                         f'got {smoothing!r}, {mode!r}')
-
-
-def label_smoothing_cross_entropy(logits: torch.Tensor, target: torch.Tensor, smoothing: float = 0.0,
-                                  mode: str = 'paper', reduction: str = 'mean') -> torch.Tensor:
-    """Cross entropy of ``(B, K)`` logits against section 5.2's smoothed target (``mode='uniform'``: torch's)."""
-    _check(smoothing, mode)
-    num_classes = logits.shape[-1]
-    if mode == 'paper' and smoothing > (num_classes - 1) / num_classes:
-        raise ValueError(f'paper smoothing {smoothing} > (K-1)/K, K={num_classes}: a wrong class outweighs the label')
-    if mode == 'paper' and smoothing:  # 1 - eps on the label, eps/(K-1) elsewhere: torch's eps' = eps K/(K-1)
-        smoothing = smoothing * num_classes / (num_classes - 1)
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp16/bf16 logits: the loss in float32
-    return F.cross_entropy(logits, target, reduction=reduction, label_smoothing=smoothing)
-
-
 class SmoothedCrossEntropy(nn.Module):
-    """Section 5.2 label smoothing; a :class:`MixedTarget` gives ``lam CE(a) + (1 - lam) CE(b)`` (section 5.4)."""
+    """Section 5.2 label smoothing (``mode='uniform'``: torch's); a :class:`MixedTarget` gives section 5.4's loss."""
 
     def __init__(self, smoothing: float = 0.0, mode: str = 'paper') -> None:
         super().__init__()
-        _check(smoothing, mode)
+        if not 0.0 <= smoothing < 1.0 or mode not in ('paper', 'uniform'):
+            raise ValueError(f"label smoothing needs 0 <= smoothing < 1 and mode 'paper' or 'uniform', "
+                             f'got {smoothing!r}, {mode!r}')
         self.smoothing, self.mode = float(smoothing), mode
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor | MixedTarget) -> torch.Tensor:
-        if not isinstance(target, MixedTarget):
-            return label_smoothing_cross_entropy(logits, target, self.smoothing, self.mode)
-        a, b, lam = target
-        return lam * self(logits, a) + (1.0 - lam) * self(logits, b) if lam != 1.0 else self(logits, a)
+        """Mean cross entropy of ``(B, K)`` logits; ``lam CE(a) + (1 - lam) CE(b)`` for a :class:`MixedTarget`."""
+        if isinstance(target, MixedTarget):
+            a, b, lam = target
+            return lam * self(logits, a) + (1.0 - lam) * self(logits, b) if lam != 1.0 else self(logits, a)
+        num_classes, smoothing = logits.shape[-1], self.smoothing
+        if self.mode == 'paper' and smoothing:  # 1 - eps on the label, eps/(K-1) elsewhere: torch's eps' = eps K/(K-1)
+            if smoothing > (num_classes - 1) / num_classes:
+                raise ValueError(f'paper smoothing {smoothing} > (K-1)/K, K={num_classes}: a wrong class outweighs '
+                                 'the label')
+            smoothing = smoothing * num_classes / (num_classes - 1)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp16/bf16 logits: the loss in float32
+        return F.cross_entropy(logits, target, label_smoothing=smoothing)
 
 
 class BatchMixup:

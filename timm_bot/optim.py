@@ -4,8 +4,7 @@ import torch.nn as nn
 from timm.optim import create_optimizer_v2, list_optimizers, param_groups_weight_decay
 from timm.optim._optim_factory import default_registry  # timm has no public way to register an optimizer
 
-__all__ = ['PAPER_BASE_LR', 'PAPER_BASE_BATCH_SIZE', 'create_paper_optimizer', 'decayed_parameter_names',
-           'linear_scaled_lr', 'resolve_lr']
+__all__ = ['PAPER_BASE_LR', 'PAPER_BASE_BATCH_SIZE', 'create_paper_optimizer', 'decayed_parameter_names', 'resolve_lr']
 
 PAPER_BASE_LR, PAPER_BASE_BATCH_SIZE = 0.1, 256  # section 3.1: lr 0.1 for batch size 256
 
@@ -29,20 +28,13 @@ def create_paper_optimizer(model: nn.Module, opt: str = 'nag', lr: float = PAPER
                                filter_bias_and_bn=no_bias_decay)
 
 
-def linear_scaled_lr(batch_size: int, world_size: int = 1, grad_accum_steps: int = 1,
-                     base_lr: float = PAPER_BASE_LR, base_batch_size: int = PAPER_BASE_BATCH_SIZE) -> float:
-    """Section 3.1: ``base_lr x global batch / base_batch_size`` (0.1 x 1024 / 256 = 0.4)."""
-    global_batch = batch_size * world_size * grad_accum_steps
-    if global_batch <= 0 or base_batch_size <= 0:
-        raise ValueError(f'batch sizes must be positive, got global batch {global_batch}, base {base_batch_size}')
-    return base_lr * global_batch / base_batch_size
-
-
 def resolve_lr(lr: float | None, batch_size: int, world_size: int = 1, grad_accum_steps: int = 1,
                base_lr: float = PAPER_BASE_LR, base_batch_size: int = PAPER_BASE_BATCH_SIZE) -> tuple[float, str]:
-    """``(lr, log line)``: an explicit ``lr`` wins, ``None`` applies :func:`linear_scaled_lr`."""
+    """``(lr, log line)``: ``lr`` if given, else section 3.1's ``base_lr x global batch / base_batch_size``."""
     if lr is not None:
         return lr, f'lr {lr:g} (explicit)'
     global_batch = batch_size * world_size * grad_accum_steps
-    scaled = linear_scaled_lr(global_batch, base_lr=base_lr, base_batch_size=base_batch_size)
+    if global_batch <= 0 or base_batch_size <= 0:
+        raise ValueError(f'batch sizes must be positive, got global batch {global_batch}, base {base_batch_size}')
+    scaled = base_lr * global_batch / base_batch_size  # 0.1 x 1024 / 256 = 0.4
     return scaled, f'lr {scaled:g} = {base_lr:g} x {global_batch}/{base_batch_size} (linear scaling, section 3.1)'

@@ -12,6 +12,7 @@ def _save(fig, path: Path) -> None:
     tmp = path.with_name(path.name + '.tmp.png')
     fig.savefig(tmp, dpi=100, bbox_inches='tight')
     os.replace(tmp, path)
+    _pyplot().close(fig)
 
 
 def _pyplot():
@@ -30,7 +31,6 @@ def plot_lr(lrs: Sequence[float], updates_per_epoch: int, path: Path, title: str
     ax.set(xlabel='epoch', ylabel='learning rate', title=title or 'learning rate per iteration')
     ax.grid(alpha=0.3)
     _save(fig, path)
-    plt.close(fig)
 
 
 def plot_curves(history: Sequence[dict], path: Path) -> None:
@@ -56,4 +56,3 @@ def plot_curves(history: Sequence[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     _save(fig, path)
-    plt.close(fig)

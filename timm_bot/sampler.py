@@ -1,11 +1,4 @@
-"""Reproducible, resumable data order and augmentation: what makes ``train.py --resume`` bit-exact mid-epoch.
-
-``ResumableSampler`` is torch's ``DistributedSampler`` (permutation seeded by ``seed + epoch``, sharded by rank) that
-can start at any batch and yields ``(index, sample_seed)``; ``SeededTransformDataset`` augments each sample under RNGs
-seeded by that seed, so an image's augmentation depends on ``(seed, epoch, index)`` only, whatever the worker count.
-"""
-from __future__ import annotations
-
+"""Reproducible, resumable data order and augmentation: what makes ``train.py --resume`` bit-exact mid-epoch."""
 import random
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,17 +11,12 @@ __all__ = ['ResumableSampler', 'SeededTransformDataset', 'sample_seed', 'rng_sta
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """A 63-bit seed for one sample's augmentation in one epoch."""
+    """A sample's 63-bit augmentation seed: its augmentation depends on these three only, whatever the worker count."""
     return ((seed * 1_000_003 + epoch) * 10_000_019 + index) % (2 ** 63)
 
 
 class ResumableSampler(Sampler):
-    """Shuffled, rank-sharded sample order that can start mid-epoch (``set_epoch(epoch, start_batch)``).
-
-    Training (``shuffle``, ``drop_last``): only whole global batches, ``(index, sample_seed)`` items. Evaluation
-    (``shuffle=False, drop_last=False``): plain indices, every sample exactly once over the ranks (no padding with
-    repeats as in ``DistributedSampler``), so metrics summed over ranks are exact.
-    """
+    """torch's ``DistributedSampler`` order (``randperm`` seeded by ``seed + epoch``, rank-sharded) from any batch."""
 
     def __init__(self, num_samples: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
                  shuffle: bool = True, drop_last: bool = True) -> None:
@@ -41,9 +29,9 @@ class ResumableSampler(Sampler):
 
     @property
     def samples_per_rank(self) -> int:
-        if self.drop_last:
+        if self.drop_last:  # training: whole global batches only
             return (self.num_samples // (self.batch_size * self.world_size)) * self.batch_size
-        return len(range(self.rank, self.num_samples, self.world_size))
+        return len(range(self.rank, self.num_samples, self.world_size))  # evaluation: no repeats, exact metric sums
 
     @property
     def batches_per_epoch(self) -> int:
@@ -53,30 +41,19 @@ class ResumableSampler(Sampler):
         self.epoch, self.start_batch = epoch, start_batch
 
     def __iter__(self) -> Iterator[tuple[int, int] | int]:
-        if self.shuffle:
-            order = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(self.seed + self.epoch))
-            order = order.tolist()
-        else:
-            order = list(range(self.num_samples))
-        if self.drop_last:
-            order = order[:self.samples_per_rank * self.world_size]
-        mine = order[self.rank::self.world_size][self.start_batch * self.batch_size:]
-        if not self.shuffle:  # evaluation transforms draw no random numbers: nothing to seed
-            yield from mine
-            return
-        for index in mine:
-            yield index, sample_seed(self.seed, self.epoch, index)
+        """Training: ``(index, sample_seed)`` items; evaluation (no ``shuffle``): plain indices, nothing to seed."""
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.num_samples, generator=g).tolist() if self.shuffle else range(self.num_samples)
+        mine = order[:self.samples_per_rank * self.world_size] if self.drop_last else order
+        mine = mine[self.rank::self.world_size][self.start_batch * self.batch_size:]
+        return ((i, sample_seed(self.seed, self.epoch, i)) for i in mine) if self.shuffle else iter(mine)
 
     def __len__(self) -> int:
         return max(0, self.samples_per_rank - self.start_batch * self.batch_size)
 
 
 class SeededTransformDataset(Dataset):
-    """``transform(dataset[index])`` under torch and python RNGs seeded by the sample's seed (``(index, seed)`` items).
-
-    The caller's RNG states are restored afterwards (mixup draws in the main process are unaffected); a ``None``
-    sample (a skipped bad image) stays ``None``; a plain ``index`` item is transformed unseeded.
-    """
+    """``transform(dataset[index])`` under torch and python RNGs seeded by ``seed`` of an ``(index, seed)`` item."""
 
     def __init__(self, dataset: Dataset, transform: Callable | None = None) -> None:
         self.dataset, self.transform = dataset, transform
@@ -87,11 +64,12 @@ class SeededTransformDataset(Dataset):
     def __getitem__(self, item: tuple[int, int] | int) -> Any:
         index, seed = item if isinstance(item, tuple) else (item, None)
         sample = self.dataset[index]
-        if sample is None or self.transform is None:
+        if sample is None or self.transform is None:  # None: a skipped bad image
             return sample
         img, target = sample
-        if seed is None:
+        if seed is None:  # a plain index (evaluation): unseeded
             return self.transform(img), target
+        # the caller's RNG states are restored afterwards: mixup draws in the main process are unaffected
         torch_state, python_state = torch.get_rng_state(), random.getstate()
         try:
             torch.default_generator.manual_seed(seed)  # not torch.manual_seed: it seeds every accelerator (~1 ms)

@@ -1,9 +1,4 @@
-"""Training augmentation of *Bag of Tricks* (section 2): timm's training transform plus the two steps timm lacks.
-
-Steps 2-3 (crop 8-100%, aspect 3/4-4/3; flip) and 6 (normalize) are timm's; step 4 is torchvision's ``ColorJitter``
-(saturation, brightness) + :class:`RandomHueScale` (the paper *scales* the hue, torchvision shifts it); step 5 is
-:class:`PCALighting`. GluonCV's recipe jitters contrast instead of hue: ``hue=0, contrast=0.4``.
-"""
+"""Training augmentation of *Bag of Tricks* (section 2): timm's training transform plus the two steps timm lacks."""
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,31 +12,27 @@ from .models import PAPER_MEAN, PAPER_STD
 __all__ = ['IMAGENET_PCA_EIGVAL', 'IMAGENET_PCA_EIGVEC', 'PCALighting', 'RandomHueScale', 'scale_hue',
            'create_paper_train_transform']
 
-# ImageNet RGB PCA of fb.resnet.torch / GluonCV, for pixels in [0, 1] (AlexNet's 55.46, 4.794, 1.148 over 255).
-# IMAGENET_PCA_EIGVEC holds the eigenvectors in its columns.
+# ImageNet RGB PCA of fb.resnet.torch / GluonCV for pixels in [0, 1] (AlexNet's 55.46, 4.794, 1.148 over 255),
+# eigenvectors in the columns of IMAGENET_PCA_EIGVEC
 IMAGENET_PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
 IMAGENET_PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203))
 
 
 class PCALighting:
-    """Section 2 step 5: add ``eigvec @ (alpha * eigval)``, ``alpha ~ N(0, alphastd)`` (torch's RNG), to every pixel.
-
-    Input: a float ``(3, H, W)`` tensor in [0, 1] (before ``Normalize``); not clipped, as in fb.resnet.torch.
-    """
+    """Section 2 step 5: add ``eigvec @ (alpha * eigval)``, ``alpha ~ N(0, alphastd)``, to a [0, 1] float tensor."""
 
     def __init__(self, alphastd: float = 0.1, eigval: Sequence[float] = IMAGENET_PCA_EIGVAL,
                  eigvec: Sequence[Sequence[float]] = IMAGENET_PCA_EIGVEC) -> None:
         self.alphastd = alphastd
-        self.eigval = torch.tensor(eigval, dtype=torch.float32)
-        self.eigvec = torch.tensor(eigvec, dtype=torch.float32)
+        self.eigval, self.eigvec = (torch.tensor(v, dtype=torch.float32) for v in (eigval, eigvec))
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         if not isinstance(img, torch.Tensor) or not img.is_floating_point() or img.shape[-3] != 3:
             raise TypeError('PCALighting expects a float (3, H, W) tensor in [0, 1]; put it after ToTensor.')
         if self.alphastd == 0:
             return img
-        rgb = self.eigvec @ (torch.randn(3) * self.alphastd * self.eigval)  # alpha ~ N(0, alphastd) times eigval
-        return img + rgb.to(dtype=img.dtype, device=img.device).view(3, 1, 1)
+        rgb = self.eigvec @ (torch.randn(3) * self.alphastd * self.eigval)  # torch's RNG
+        return img + rgb.to(dtype=img.dtype, device=img.device).view(3, 1, 1)  # not clipped, as in fb.resnet.torch
 
     def __repr__(self) -> str:
         return f'{self.__class__.__name__}(alphastd={self.alphastd})'
@@ -57,7 +48,7 @@ def scale_hue(img: Image.Image, factor: float) -> Image.Image:
 
 
 class RandomHueScale:
-    """Section 2 step 4: scale the hue by c ~ U[1 - hue, 1 + hue] (torch's RNG); a PIL RGB image in and out."""
+    """Section 2 step 4: scale (torchvision shifts) the hue by c ~ U[1 - hue, 1 + hue] (torch's RNG); PIL RGB in/out."""
 
     def __init__(self, hue: float = 0.4) -> None:
         if not 0 <= hue < 1:
@@ -80,9 +71,9 @@ def create_paper_train_transform(img_size: int = 224, scale: tuple[float, float]
                                  pca_lighting: float = 0.1, mean: Sequence[float] = PAPER_MEAN,
                                  std: Sequence[float] = PAPER_STD, interpolation: str = 'bilinear'
                                  ) -> transforms.Compose:
-    """Section 2's training transform: timm's ``create_transform(is_training=True, separate=True)`` (crop, flip,
-    jitter, ``MaybeToTensor``, ``Normalize``) + :class:`RandomHueScale` after the jitter and :class:`PCALighting`
-    before ``Normalize``. ``hue``/``pca_lighting``/``color_jitter`` 0 turn steps off."""
+    """Section 2 on timm's ``create_transform(separate=True)``: crop 8-100% of aspect 3/4-4/3 (step 2), flip (3),
+    saturation/brightness jitter + :class:`RandomHueScale` (4), :class:`PCALighting` (5), normalize (6); 0 turns a
+    step off. GluonCV's recipe jitters contrast instead of hue: ``hue=0, contrast=0.4``."""
     jitter = (color_jitter, contrast, color_jitter) if (color_jitter or contrast) else None
     primary, secondary, final = create_transform(
         img_size, is_training=True, scale=scale, ratio=ratio, hflip=hflip, vflip=0.0, color_jitter=jitter,
