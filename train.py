@@ -29,6 +29,7 @@ import torch.distributed as dist
 import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 import timm_bot
 from timm_bot.amp import create_amp
@@ -137,22 +138,26 @@ def create_loaders(hp: TrainHparams, train_set, val_set, data_config: dict, rank
             DataLoader(val_set, sampler=val_sampler, **common))
 
 
-def create_training(hp: TrainHparams, model: torch.nn.Module, criterion: torch.nn.Module, lr: float, batches: int,
-                    device: torch.device, lr_message: str, world_size: int) -> dict[str, Any]:
-    """Optimizer, schedule, AMP, EMA and mixup: NAG, no bias decay, linear scaling (sections 2, 3.1), per-iteration
-    warmup then cosine (5.1) or step decay (2), FP16/BF16 (3.2), mixup (5.4)."""
-    optimizer = create_paper_optimizer(model, hp.opt, lr, hp.weight_decay, hp.momentum, hp.no_bias_decay)
+def create_training(hp: TrainHparams, r: dict[str, Any], batches: int) -> dict[str, Any]:
+    """NAG, no bias decay, linear scaling (2, 3.1), warmup + cosine (5.1) or step (2), FP16/BF16 (3.2), mixup (5.4)."""
+    model, device, world_size = r['model'], r['device'], r['world_size']
+    model.to(device, memory_format=torch.channels_last if hp.channels_last else torch.preserve_format)
+    train_model = torch.compile(model) if hp.torchcompile else model
+    if world_size > 1:
+        train_model = DistributedDataParallel(train_model, device_ids=[device] if device.type == 'cuda' else None)
+    optimizer = create_paper_optimizer(model, hp.opt, r['meta']['args']['lr'], hp.weight_decay, hp.momentum,
+                                       hp.no_bias_decay)
     decayed, not_decayed = decayed_parameter_names(model, hp.no_bias_decay)
-    _logger.info(f'{lr_message}; global batch {hp.batch_size * world_size * hp.grad_accum_steps}; weight decay '
+    _logger.info(f'{r["lr_message"]}; global batch {hp.batch_size * world_size * hp.grad_accum_steps}; weight decay '
                  f'{hp.weight_decay:g} on {len(decayed)} tensors, none on {len(not_decayed)}')
     updates_per_epoch = math.ceil(batches / hp.grad_accum_steps)
     scheduler = create_paper_scheduler(optimizer, hp.sched, hp.epochs, updates_per_epoch, hp.warmup_epochs,
                                        hp.decay_milestones, hp.decay_rate)
     autocast, loss_scaler = create_amp(device, hp.amp, hp.amp_dtype)
-    return dict(model=model, train_model=model, criterion=criterion, optimizer=optimizer, scheduler=scheduler,
-                updates_per_epoch=updates_per_epoch, loss_scaler=loss_scaler, autocast=autocast, device=device,
+    return dict(model=model, train_model=train_model, criterion=r['criterion'].to(device), optimizer=optimizer,
+                scheduler=scheduler, updates_per_epoch=updates_per_epoch, loss_scaler=loss_scaler, autocast=autocast,
                 model_ema=timm.utils.ModelEmaV3(model, decay=hp.model_ema_decay) if hp.model_ema else None,
-                mixup=BatchMixup(hp.mixup) if hp.mixup > 0 else None, last_checkpoint='none written yet')
+                mixup=BatchMixup(hp.mixup) if hp.mixup > 0 else None, device=device, last_checkpoint='none written yet')
 
 
 def train_one_epoch(epoch: int, loader: DataLoader, t: dict[str, Any], state: TrainState, hp: TrainHparams,
@@ -163,10 +168,8 @@ def train_one_epoch(epoch: int, loader: DataLoader, t: dict[str, Any], state: Tr
     criterion.train()
     loss_sum, seen, skipped = state.epoch_stats
     batches = len(loader.sampler) // hp.batch_size + state.batch_in_epoch
-    bar = None
-    if sys.stderr.isatty() and _logger.isEnabledFor(logging.INFO):
-        from tqdm import tqdm
-        bar = tqdm(total=batches, initial=state.batch_in_epoch, desc=f'epoch {epoch + 1}/{hp.epochs}', leave=False)
+    bar = tqdm(total=batches, initial=state.batch_in_epoch, desc=f'epoch {epoch + 1}/{hp.epochs}', leave=False,
+               disable=not sys.stderr.isatty() or not _logger.isEnabledFor(logging.INFO))  # else log lines
     tic, seen_at_start = time.perf_counter(), seen
     for batch_idx, (images, targets, num_skipped) in enumerate(loader, start=state.batch_in_epoch):
         skipped += num_skipped
@@ -203,15 +206,13 @@ def train_one_epoch(epoch: int, loader: DataLoader, t: dict[str, Any], state: Tr
                 batch_idx + 1 < batches:
             save('last.pth.tar')
         rate = (seen - seen_at_start) / (time.perf_counter() - tic)
-        if bar is not None:
-            bar.set_postfix(loss=f'{loss.item():.3f}', img_s=f'{rate:.0f}')
-            bar.update()
-        elif hp.log_interval and (batch_idx + 1) % hp.log_interval == 0:
+        bar.set_postfix(loss=f'{loss.item():.3f}', img_s=f'{rate:.0f}', refresh=False)
+        bar.update()
+        if bar.disable and hp.log_interval and (batch_idx + 1) % hp.log_interval == 0:
             eta = datetime.timedelta(seconds=round((batches - batch_idx - 1) * hp.batch_size / max(rate, 1e-9)))
             _logger.info(f'epoch {epoch + 1}/{hp.epochs} [{batch_idx + 1}/{batches}] loss {loss.item():.4f} '
                          f'lr {optimizer.param_groups[0]["lr"]:.4g} {rate:.0f} img/s ETA {eta}')
-    if bar is not None:
-        bar.close()
+    bar.close()
     return (seen - seen_at_start) / (time.perf_counter() - tic)
 
 
@@ -257,17 +258,8 @@ def main(argv: list[str] | None = None) -> int:
                  f'{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {meta["num_classes"]} classes'
                  + (f'; {r["init_message"]}' if r['init_message'] else ''))
     train_loader, val_loader = create_loaders(hp, r['train_set'], r['val_set'], meta['data_config'], rank, world_size)
-    model.to(device, memory_format=torch.channels_last if hp.channels_last else torch.preserve_format)
-    r['criterion'].to(device)
-
-    t = create_training(hp, model, r['criterion'], meta['args']['lr'], len(train_loader), device, r['lr_message'],
-                        world_size)
+    t = create_training(hp, r, len(train_loader))
     state = restore(t, resume, hp) if resume else TrainState()
-    if hp.torchcompile:
-        t['train_model'] = torch.compile(model)
-    if world_size > 1:
-        t['train_model'] = DistributedDataParallel(t['train_model'], device_ids=[device] if device.type == 'cuda'
-                                                   else None)
     if resume:
         output_dir = Path(resume['path']).parent
         _logger.info(f'resuming at epoch {state.epoch + 1}, batch {state.batch_in_epoch} in {output_dir}')
@@ -325,12 +317,10 @@ def main(argv: list[str] | None = None) -> int:
 def checkpoint_state(t: dict[str, Any], state: TrainState, meta: dict[str, Any]) -> dict[str, Any]:
     """Everything --resume, validate.py and export need, as plain containers (loads with weights_only=True)."""
     ckpt = dict(meta, **dataclasses.asdict(state), state_dict=timm.utils.unwrap_model(t['model']).state_dict(),
-                optimizer=t['optimizer'].state_dict(), scheduler=t['scheduler'].state_dict(), rng=rng_state(),
-                version=timm_bot.__version__)
+                **{k: t[k].state_dict() for k in ('optimizer', 'scheduler', 'loss_scaler') if t[k] is not None},
+                rng=rng_state(), version=timm_bot.__version__)
     if t['model_ema'] is not None:
         ckpt['state_dict_ema'] = t['model_ema'].module.state_dict()
-    if t['loss_scaler'] is not None:
-        ckpt['scaler'] = t['loss_scaler'].state_dict()
     if not all(w.isfinite().all() for w in ckpt['state_dict'].values() if w.is_floating_point()):
         raise TrainingStopped(f'the weights became NaN/inf by update {state.global_step} (epoch {state.epoch + 1}) and '
                               f'were not saved; the last checkpoint ({t["last_checkpoint"]}) is intact. Lower lr.')
@@ -340,7 +330,9 @@ def checkpoint_state(t: dict[str, Any], state: TrainState, meta: dict[str, Any])
 def restore(t: dict[str, Any], resume: dict[str, Any], hp: TrainHparams) -> TrainState:
     """The states of a ``--resume`` checkpoint; a new ``epochs`` rebuilds the schedule for the new length."""
     t['model'].load_state_dict(resume['state_dict'])
-    t['optimizer'].load_state_dict(resume['optimizer'])
+    for key in ('optimizer', 'loss_scaler'):  # a new amp setting starts a new loss scale
+        if t[key] is not None and key in resume:
+            t[key].load_state_dict(resume[key])
     if hp.epochs == resume['args']['epochs']:
         t['scheduler'].load_state_dict(resume['scheduler'])
     else:
@@ -348,8 +340,6 @@ def restore(t: dict[str, Any], resume: dict[str, Any], hp: TrainHparams) -> Trai
                      f'{hp.epochs} epochs and continues from update {resume["global_step"]}')
     if t['model_ema'] is not None:
         t['model_ema'].module.load_state_dict(resume['state_dict_ema'])
-    if t['loss_scaler'] is not None and 'scaler' in resume:
-        t['loss_scaler'].load_state_dict(resume['scaler'])
     t['scheduler'].step_update(num_updates=resume['global_step'])
     set_rng_state(resume['rng'])
     t['last_checkpoint'] = resume['path']

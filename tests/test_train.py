@@ -106,7 +106,7 @@ def test_amp_grad_accumulation_tar_and_progress_lines(shared_dir, digits_tar):
     progress = [line for line in log.splitlines() if 'img/s ETA' in line]
     assert [line.split(']')[0].split('[')[1] for line in progress] == ['4/20', '8/20', '12/20', '16/20', '20/20']
     ckpt = load_checkpoint(out / 'r' / 'last.pth.tar')
-    assert ckpt['global_step'] == 10 and 'scaler' not in ckpt  # bf16 needs no loss scaling
+    assert ckpt['global_step'] == 10 and 'loss_scaler' not in ckpt  # bf16 needs no loss scaling
 
 
 def test_distillation_reports_the_kl_form(shared_dir, baseline_run, tiny_digits):

@@ -1,5 +1,4 @@
-"""Low-precision training (section 3.2) under ``torch.autocast``: FP16 with timm's ``NativeScaler`` (loss scaling)
-or BF16 (float32's exponent range: no scaling). Parameters, gradients and optimizer state stay float32."""
+"""Low-precision training (section 3.2): ``torch.autocast`` FP16 with timm's loss scaling, or BF16 (no scaling)."""
 import contextlib
 import logging
 import time

@@ -1,5 +1,4 @@
-"""Checkpoints for train.py, validate.py, export and the teacher (section 5.3): atomic writes (a crash never leaves a
-half-written file) and ``torch.load(weights_only=True)`` only (a checkpoint never executes code)."""
+"""Checkpoints and model sources: atomic writes, ``torch.load(weights_only=True)`` only, timm / Hub / export models."""
 from __future__ import annotations
 
 import contextlib
@@ -34,8 +33,7 @@ def fsync_path(path: str | os.PathLike) -> None:
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
-    """Write ``state`` to a temp file beside ``path``, fsync, check it loads weights-only, ``os.replace``; on error
-    ``path`` is left as it was. Temp files of writers killed mid-write are removed by the next save."""
+    """Temp file beside ``path``, fsync, weights-only check, ``os.replace``: ``path`` is never half-written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f'.{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp'
@@ -58,8 +56,7 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """A checkpoint dict, loaded with ``weights_only=True`` on the CPU. FileNotFoundError; UnsafeCheckpointError for a
-    pickle of arbitrary objects (not loaded); ValueError for a folder, a text file, a truncated file or a non-dict."""
+    """A checkpoint dict (CPU, ``weights_only=True``); a one-line error for anything else, never unpickling code."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f'checkpoint not found: {path}')
@@ -82,8 +79,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def resolve_architecture(model_name: str) -> tuple[str, dict[str, Any], str | None]:
-    """``(architecture, model_args, source)`` of a timm name or an ``hf-hub:`` / ``local-dir:`` export; ValueError
-    (with close names) for an unknown name. Checkpoints record this, so they load once the source is gone."""
+    """``(architecture, model_args, source)`` of a timm name or an ``hf-hub:``/``local-dir:`` export (checked)."""
     if not model_name.startswith(('hf-hub:', 'local-dir:')):
         if not timm.is_model(model_name):
             near = difflib.get_close_matches(model_name, timm.list_models(), n=3)
@@ -104,8 +100,7 @@ def resolve_architecture(model_name: str) -> tuple[str, dict[str, Any], str | No
 
 
 def create_pretrained_model(name: str, **kwargs: Any) -> nn.Module:
-    """``timm.create_model(name, pretrained=True)``; weights that cannot be had (offline, no such repo or folder) raise
-    a one-line ValueError naming where they were looked for and how to work offline."""
+    """``timm.create_model(name, pretrained=True)``; missing weights: one line naming where, and the offline fixes."""
     try:
         return timm.create_model(name, pretrained=True, **kwargs)
     except (OSError, RuntimeError, ValueError) as e:
@@ -116,17 +111,16 @@ def create_pretrained_model(name: str, **kwargs: Any) -> nn.Module:
 
 
 def create_model_from_checkpoint(path: str | os.PathLike, use_ema: bool = False) -> tuple[nn.Module, dict[str, Any]]:
-    """``(model in eval mode, checkpoint dict)`` of a train.py checkpoint or an export folder; ``model.pretrained_cfg``
-    holds the preprocessing it was trained with, for ``timm.data.resolve_data_config(model=model)``."""
+    """``(eval model, checkpoint dict)`` of a train.py checkpoint or an export; pretrained_cfg: its preprocessing."""
     path = Path(path)
     if path.is_dir() and (path / 'config.json').is_file():  # an export, read by timm's own local-dir: loader
         if use_ema:
             raise ValueError(f'{path} is an export folder: it holds one set of weights, drop --use-ema')
+        arch, model_args, _ = resolve_architecture(f'local-dir:{path.resolve()}')
         model = timm.create_model(f'local-dir:{path.resolve()}', pretrained=True)
-        config = json.loads((path / 'config.json').read_text())
-        return model.eval(), {'arch': config['architecture'], 'model_args': config.get('model_args', {}),
-                              'num_classes': model.num_classes, 'label_names': config.get('label_names'),
-                              'data_config': {k: v for k, v in model.pretrained_cfg.items() if k in DATA_KEYS}}
+        cfg = model.pretrained_cfg  # config.json's preprocessing and label_names
+        return model.eval(), dict(arch=arch, model_args=model_args, num_classes=model.num_classes, data_config={
+            k: cfg[k] for k in DATA_KEYS if k in cfg}, label_names=cfg.get('label_names'))
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt.get('arch'), str) or 'state_dict' not in ckpt:
         raise ValueError(f'{path} is not a train.py checkpoint (no arch/state_dict): build the model yourself and load '

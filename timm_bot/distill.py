@@ -57,9 +57,6 @@ class DistillationLoss(nn.Module):
         self.register_buffer('shift', (s_mean - t_mean) / t_std, persistent=False)
         self.last_base_loss = self.last_distill_loss = None  # detached parts of the last call
 
-    def extra_repr(self) -> str:
-        return f'temperature={self.temperature}, renormalize={self.renormalize}'
-
     def train(self, mode: bool = True) -> nn.Module:
         """Train mode for the base loss only: the teacher stays in eval mode (its BatchNorm statistics are fixed)."""
         super().train(mode)

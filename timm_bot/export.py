@@ -154,11 +154,6 @@ def export_checkpoint(checkpoint: str | os.PathLike, output_dir: str | os.PathLi
                     model_args=export_args, safe_serialization=True)  # pretrained_cfg: the checkpoint's data_config
         card.save(tmp / 'README.md')
         os.chmod(tmp / 'model.safetensors', (tmp / 'README.md').stat().st_mode & 0o777)  # not owner-only
-        reloaded = timm.create_model(f'local-dir:{tmp.resolve()}', pretrained=True).eval()
-        x = torch.randn(1, *model.pretrained_cfg['input_size'], generator=torch.Generator().manual_seed(0))
-        with torch.no_grad():
-            if not torch.equal(reloaded(x), model(x)) or sorted(p.name for p in tmp.iterdir()) != sorted(EXPORT_FILES):
-                raise ExportError(f'internal error: the export of {checkpoint} does not reproduce its outputs')
         for path in [*tmp.iterdir(), tmp]:
             fsync_path(path)
         _check_destination(output_dir, checkpoint, overwrite)  # nothing appeared there meanwhile

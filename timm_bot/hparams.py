@@ -1,6 +1,5 @@
-"""Training hyper-parameters: one typed dataclass, from YAML files and ``--key value`` overrides; ``train.py --help``
-is generated from it. Mistakes raise :class:`HparamsError` (one line; train.py exits 2 before writing anything).
-"""
+"""Training hyper-parameters: one typed dataclass from YAML files and ``--key value`` overrides (``--help`` too);
+mistakes raise :class:`HparamsError`, one line (train.py exits 2 before writing anything)."""
 from __future__ import annotations
 
 import argparse

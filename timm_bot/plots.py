@@ -5,28 +5,22 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from matplotlib.figure import Figure
+
 __all__ = ['plot_lr', 'plot_curves']
 
 
-def _save(fig, path: Path) -> None:
+def _save(fig: Figure, path: Path) -> None:
     tmp = path.with_name(path.name + '.tmp.png')
     fig.savefig(tmp, dpi=100, bbox_inches='tight')
     os.replace(tmp, path)
-    _pyplot().close(fig)
-
-
-def _pyplot():
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    return plt
 
 
 def plot_lr(lrs: Sequence[float], updates_per_epoch: int, path: Path, title: str = '') -> None:
     """Learning rate of every iteration, x axis in epochs."""
-    plt = _pyplot()
     stride = max(1, len(lrs) // 4000)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     ax.plot([i / updates_per_epoch for i in range(0, len(lrs), stride)], list(lrs)[::stride])
     ax.set(xlabel='epoch', ylabel='learning rate', title=title or 'learning rate per iteration')
     ax.grid(alpha=0.3)
@@ -35,9 +29,9 @@ def plot_lr(lrs: Sequence[float], updates_per_epoch: int, path: Path, title: str
 
 def plot_curves(history: Sequence[dict], path: Path) -> None:
     """Train/val loss (log scale) and val top-1/top-5 per 1-based epoch, EMA curves if present, best epoch marked."""
-    plt = _pyplot()
     epochs = [row['epoch'] + 1 for row in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.5))
+    fig = Figure(figsize=(10, 3.5))  # no pyplot: no GUI backend, no global figure state
+    ax_loss, ax_acc = fig.subplots(1, 2)
     series = [(ax_loss, 'train_loss', 'train loss'), (ax_loss, 'eval_loss', 'val loss'),
               (ax_acc, 'eval_top1', 'val top-1'), (ax_acc, 'eval_top5', 'val top-5'),
               (ax_loss, 'eval_ema_loss', 'EMA val loss'), (ax_acc, 'eval_ema_top1', 'EMA val top-1')]

@@ -45,10 +45,8 @@ def _last_bn(block: nn.Module) -> nn.Module | None:
 
 @torch.no_grad()
 def zero_gamma_(model: nn.Module, value: float = 0.0) -> int:
-    """Section 3.1: set gamma of the last BN of every residual branch to ``value``; returns how many (0: none found).
-
-    0 makes each block start as its shortcut, 1 undoes timm's ``zero_init_last``; see :func:`_last_bn` for the blocks.
-    """
+    """Section 3.1: gamma of the last BN of every residual branch := ``value`` (0: the block starts as its shortcut,
+    1 undoes timm's ``zero_init_last``); returns how many (0: none found; :func:`_last_bn` says which)."""
     bns = [bn for bn in map(_last_bn, model.modules()) if bn is not None]
     for bn in bns:
         bn.weight.fill_(value)
