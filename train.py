@@ -115,7 +115,7 @@ def setup(argv: list[str] | None) -> dict[str, Any]:
     meta = dict(arch=arch[0], model_args=arch[1], source=arch[2], num_classes=len(labels), label_names=labels,
                 data_config={'input_size': [3, hp.img_size, hp.img_size], 'crop_pct': hp.crop_pct, 'mean': mean,
                              'std': std, 'interpolation': hp.interpolation, 'crop_mode': 'center'},
-                args=dict(hp.to_dict(), lr=lr))
+                args=dict(dataclasses.asdict(hp), lr=lr))
     return dict(hp=hp, resume=resume, rank=rank, world_size=world_size, device=device, train_set=train_set,
                 val_set=val_set, model=model, criterion=criterion, lr_message=lr_message, init_message=init_message,
                 meta=meta)

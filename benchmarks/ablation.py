@@ -260,7 +260,7 @@ def resolve(args: list[str]) -> dict[str, Any]:
         hp = load_hparams(ns.pop('hparams'), {k: v for k, v in ns.items() if k != 'resume'})
     finally:
         os.chdir(cwd)
-    return {k: v for k, v in hp.to_dict().items() if k not in VOLATILE}
+    return {k: v for k, v in dataclasses.asdict(hp).items() if k not in VOLATILE}
 
 
 def read_summary(path: Path) -> list[dict[str, float]]:

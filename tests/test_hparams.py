@@ -1,4 +1,5 @@
 """hparams: typed YAML + overrides; every mistake is one clear error naming the key (train.py exits 2 on it)."""
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -99,7 +100,7 @@ def test_bad_files(tmp_path):
 
 def test_args_yaml_round_trips():
     hp = load_hparams('hparams/quickstart.yaml')
-    assert load_hparams(None, yaml.safe_load(yaml.safe_dump(hp.to_dict()))) == hp
+    assert load_hparams(None, yaml.safe_load(yaml.safe_dump(dataclasses.asdict(hp)))) == hp
 
 
 def test_exponent_floats_without_dot(tmp_path):
@@ -124,7 +125,7 @@ def test_unknown_command_line_key_suggests_the_nearest():
 
 
 def test_resume_may_change_only_what_does_not_alter_the_run():
-    saved = dict(load_hparams('hparams/quickstart.yaml').to_dict(), lr=0.1)
+    saved = dict(dataclasses.asdict(load_hparams('hparams/quickstart.yaml')), lr=0.1)
     check_resume_changes(saved, load_hparams('hparams/quickstart.yaml', {'epochs': 30, 'workers': 4}), 0.1)
     with pytest.raises(HparamsError, match=r"cannot change mixup 0.0 -> 0.2"):
         check_resume_changes(saved, load_hparams('hparams/quickstart.yaml', {'mixup': 0.2}), 0.1)

@@ -3,6 +3,7 @@
 Training runs are real ``python train.py`` subprocesses on the embedded digits (or small folders written from them);
 the fail-fast error paths call ``train.run(argv)`` in-process (they exit before any training).
 """
+import dataclasses
 import importlib.metadata
 import json
 import math
@@ -193,5 +194,5 @@ def test_pretrained_offline_names_the_hub_id(capsys, tmp_path, monkeypatch):
 
 def test_args_yaml_reloads_to_the_same_hparams(baseline_run):
     saved = yaml.safe_load((baseline_run / 'args.yaml').read_text())
-    assert load_hparams(baseline_run / 'args.yaml').to_dict() == {k: v for k, v in saved.items()}
+    assert dataclasses.asdict(load_hparams(baseline_run / 'args.yaml')) == {k: v for k, v in saved.items()}
     assert torch.load(baseline_run / 'last.pth.tar', weights_only=True)['args'] == saved

@@ -1,6 +1,5 @@
 """*Bag of Tricks for Image Classification* (He et al., CVPR 2019, arXiv:1812.01187) as a timm plugin: importing it
 registers the paper's ResNets (``resnet50d_bot``, ...) and its NAG optimizer (``'nag'``) in timm's factories."""
-from . import optim  # noqa: F401  (registers 'nag' in timm's optimizer registry)
 from .checkpoint import create_model_from_checkpoint, load_checkpoint, save_checkpoint
 from .distill import DistillationLoss, load_teacher
 from .loss import BatchMixup, MixedTarget, SmoothedCrossEntropy

@@ -97,9 +97,6 @@ class TrainHparams:
     push_to_hub: str | None = _h(None, 'push the export to this Hub repo (USER/NAME) at the end')
     export_ema: bool = _h(False, 'export the EMA weights (needs model_ema)')
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
     def validate(self) -> TrainHparams:
         """Refuse impossible values, naming the key, its value and what is valid."""
         def check(key: str, ok: bool, valid: str) -> None:
@@ -231,7 +228,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 def check_resume_changes(saved: dict[str, Any], hp: TrainHparams, resolved_lr: float) -> None:
     """A resumed run may change only :data:`RESUME_MUTABLE` keys; anything else would silently change the run."""
-    new = dict(hp.to_dict(), lr=resolved_lr)
+    new = dict(dataclasses.asdict(hp), lr=resolved_lr)
     changed = [k for k in new if k in saved and k not in RESUME_MUTABLE and new[k] != saved[k]]
     if changed:
         diffs = ', '.join(f'{k} {saved[k]!r} -> {new[k]!r}' for k in changed[:4])

@@ -12,7 +12,7 @@ import torch
 from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler
 from timm.scheduler.scheduler import Scheduler
 
-__all__ = ['PaperCosineLRScheduler', 'PaperMultiStepLRScheduler', 'create_paper_scheduler', 'warmup_updates']
+__all__ = ['PaperCosineLRScheduler', 'PaperMultiStepLRScheduler', 'create_paper_scheduler']
 
 
 class _PaperBatchIndex:
@@ -41,17 +41,12 @@ class PaperMultiStepLRScheduler(_PaperBatchIndex, MultiStepLRScheduler):
         return bisect.bisect_left(self.decay_t, t)
 
 
-def warmup_updates(warmup_epochs: float, updates_per_epoch: int) -> int:
-    """Number of warmup batches ``m`` (``warmup_epochs`` may be fractional)."""
-    return int(round(warmup_epochs * updates_per_epoch))
-
-
 def create_paper_scheduler(optimizer: torch.optim.Optimizer, sched: str, epochs: int, updates_per_epoch: int,
                            warmup_epochs: float = 0, decay_milestones: Sequence[int] = (30, 60, 90),
                            decay_rate: float = 0.1) -> Scheduler:
     """Warmup then ``'cosine'`` or ``'step'`` decay (at epochs ``decay_milestones``); ``eta``: the lr at creation.
     Call ``step_update(num_updates=updates done)`` after every update and after loading a ``state_dict``."""
-    total, warmup_t = epochs * updates_per_epoch, warmup_updates(warmup_epochs, updates_per_epoch)
+    total, warmup_t = epochs * updates_per_epoch, round(warmup_epochs * updates_per_epoch)  # m; may be fractional
     if updates_per_epoch <= 0 or not 0 <= warmup_t < total:
         raise ValueError(f'{warmup_t} warmup updates must be < {epochs} epochs x {updates_per_epoch} updates')
     common = dict(warmup_t=warmup_t, warmup_lr_init=0.0, t_in_epochs=False)
