@@ -184,8 +184,9 @@ def train_one_epoch(epoch: int, loader: DataLoader, t: dict[str, Any], state: Tr
             with t['autocast']():
                 logits = model(images)
                 loss = criterion(logits, images, target) if hp.teacher else criterion(logits, target)
-            if not torch.isfinite(loss):
-                raise TrainingStopped(f'the loss is {loss.item()} at epoch {epoch + 1}, batch {batch_idx + 1}, update '
+            loss_value = loss.item()  # the one host read of the loss per batch
+            if not math.isfinite(loss_value):
+                raise TrainingStopped(f'the loss is {loss_value} at epoch {epoch + 1}, batch {batch_idx + 1}, update '
                                       f'{state.global_step + 1}; the last checkpoint ({t["last_checkpoint"]}) is '
                                       f'intact. Lower lr (now {optimizer.param_groups[0]["lr"]:.4g}) or check data.')
             if t['loss_scaler'] is not None:
@@ -194,7 +195,7 @@ def train_one_epoch(epoch: int, loader: DataLoader, t: dict[str, Any], state: Tr
                 (loss / hp.grad_accum_steps).backward()
                 if update:
                     optimizer.step()
-        loss_sum, seen = loss_sum + loss.item() * targets.shape[0], seen + targets.shape[0]
+        loss_sum, seen = loss_sum + loss_value * targets.shape[0], seen + targets.shape[0]
         if update:
             optimizer.zero_grad(set_to_none=True)
             state.global_step += 1
@@ -206,11 +207,11 @@ def train_one_epoch(epoch: int, loader: DataLoader, t: dict[str, Any], state: Tr
                 batch_idx + 1 < batches:
             save('last.pth.tar')
         rate = (seen - seen_at_start) / (time.perf_counter() - tic)
-        bar.set_postfix(loss=f'{loss.item():.3f}', img_s=f'{rate:.0f}', refresh=False)
+        bar.set_postfix(loss=f'{loss_value:.3f}', img_s=f'{rate:.0f}', refresh=False)
         bar.update()
         if bar.disable and hp.log_interval and (batch_idx + 1) % hp.log_interval == 0:
             eta = datetime.timedelta(seconds=round((batches - batch_idx - 1) * hp.batch_size / max(rate, 1e-9)))
-            _logger.info(f'epoch {epoch + 1}/{hp.epochs} [{batch_idx + 1}/{batches}] loss {loss.item():.4f} '
+            _logger.info(f'epoch {epoch + 1}/{hp.epochs} [{batch_idx + 1}/{batches}] loss {loss_value:.4f} '
                          f'lr {optimizer.param_groups[0]["lr"]:.4g} {rate:.0f} img/s ETA {eta}')
     bar.close()
     return (seen - seen_at_start) / (time.perf_counter() - tic)
