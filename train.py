@@ -41,7 +41,7 @@ from timm_bot.export import ExportError, HubPushError, check_repo_id, export_che
 from timm_bot.hparams import TrainHparams, build_parser, check_resume_changes, load_hparams, resolve_device
 from timm_bot.loss import BatchMixup, SmoothedCrossEntropy
 from timm_bot.models import paper_init_
-from timm_bot.optim import create_paper_optimizer, decayed_parameter_names, resolve_lr
+from timm_bot.optim import create_paper_optimizer, resolve_lr
 from timm_bot.plots import plot_curves, plot_lr
 from timm_bot.sampler import ResumableSampler, SeededTransformDataset, rng_state, set_rng_state
 from timm_bot.scheduler import create_paper_scheduler
@@ -147,7 +147,8 @@ def create_training(hp: TrainHparams, r: dict[str, Any], batches: int) -> dict[s
         train_model = DistributedDataParallel(train_model, device_ids=[device] if device.type == 'cuda' else None)
     optimizer = create_paper_optimizer(model, hp.opt, r['meta']['args']['lr'], hp.weight_decay, hp.momentum,
                                        hp.no_bias_decay)
-    decayed, not_decayed = decayed_parameter_names(model, hp.no_bias_decay)
+    decayed, not_decayed = ([p for g in optimizer.param_groups if (g['weight_decay'] > 0) == d for p in g['params']]
+                            for d in (True, False))  # section 3.1's split, as the optimizer holds it
     _logger.info(f'{r["lr_message"]}; global batch {hp.batch_size * world_size * hp.grad_accum_steps}; weight decay '
                  f'{hp.weight_decay:g} on {len(decayed)} tensors, none on {len(not_decayed)}')
     updates_per_epoch = math.ceil(batches / hp.grad_accum_steps)

@@ -20,14 +20,13 @@ def load_teacher(spec: str, num_classes: int, label_names: Sequence[str] | None 
     """Section 5.3 teacher ``(frozen eval model, data config)``: checkpoint, export, hf-hub:/local-dir: or timm name."""
     if os.path.exists(spec):
         teacher, info = create_model_from_checkpoint(spec)
-    elif spec.startswith(('hf-hub:', 'local-dir:')) or timm.is_model(spec):
-        if spec.startswith(('hf-hub:', 'local-dir:')) or timm.is_model_pretrained(spec):
-            teacher = create_pretrained_model(spec)
-        else:
-            warnings.warn(f'teacher {spec!r} has no pretrained weights: distilling from a random teacher '
-                          '(only useful for smoke tests)', stacklevel=2)
-            teacher = timm.create_model(spec)
+    elif spec.startswith(('hf-hub:', 'local-dir:')) or timm.is_model_pretrained(spec):
+        teacher = create_pretrained_model(spec)
         info = teacher.pretrained_cfg  # like a checkpoint, it may hold label_names
+    elif timm.is_model(spec):
+        warnings.warn(f'teacher {spec!r} has no pretrained weights: distilling from a random teacher '
+                      '(only useful for smoke tests)', stacklevel=2)
+        teacher, info = timm.create_model(spec), {}
     else:
         raise ValueError(f'teacher {spec!r} is neither a checkpoint file, an export folder nor a timm model name '
                          "(for a Hub model use 'hf-hub:ORG/NAME')")
@@ -52,7 +51,6 @@ class DistillationLoss(nn.Module):
         self.base_loss, self.temperature = base_loss, float(temperature)
         stats = (student_mean, student_std, teacher_mean, teacher_std)
         s_mean, s_std, t_mean, t_std = (torch.as_tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in stats)
-        self.renormalize = not (torch.equal(s_mean, t_mean) and torch.equal(s_std, t_std))
         self.register_buffer('scale', s_std / t_std, persistent=False)  # x_t = (x std_s + mean_s - mean_t) / std_t
         self.register_buffer('shift', (s_mean - t_mean) / t_std, persistent=False)
         self.last_base_loss = self.last_distill_loss = None  # detached parts of the last call
@@ -65,7 +63,7 @@ class DistillationLoss(nn.Module):
 
     def forward(self, student_logits: torch.Tensor, inputs: torch.Tensor, target: Any) -> torch.Tensor:
         with torch.no_grad():  # r: the frozen teacher's logits on the same inputs, in its own normalization
-            teacher_logits = self.teacher(inputs * self.scale + self.shift if self.renormalize else inputs)
+            teacher_logits = self.teacher(inputs * self.scale + self.shift)  # the same x when both match
         t = self.temperature  # KL: the paper's soft cross entropy minus the teacher's entropy, so the same gradients
         log_p_student, log_p_teacher = (F.log_softmax(z.float() / t, dim=-1) for z in (student_logits, teacher_logits))
         distill = F.kl_div(log_p_student, log_p_teacher, reduction='batchmean', log_target=True) * (t * t)

@@ -21,8 +21,7 @@ class SmoothedCrossEntropy(nn.Module):
     def __init__(self, smoothing: float = 0.0, mode: str = 'paper') -> None:
         super().__init__()
         if not 0.0 <= smoothing < 1.0 or mode not in ('paper', 'uniform'):
-            raise ValueError(f"label smoothing needs 0 <= smoothing < 1 and mode 'paper' or 'uniform', "
-                             f'got {smoothing!r}, {mode!r}')
+            raise ValueError(f"smoothing must be in [0, 1), mode 'paper' or 'uniform'; got {smoothing!r}, {mode!r}")
         self.smoothing, self.mode = float(smoothing), mode
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor | MixedTarget) -> torch.Tensor:

@@ -1,24 +1,15 @@
 """Optimizer of *Bag of Tricks* on timm's factory: NAG (section 2), no bias decay and linear lr scaling (3.1)."""
 import torch
 import torch.nn as nn
-from timm.optim import create_optimizer_v2, list_optimizers, param_groups_weight_decay
+from timm.optim import create_optimizer_v2, list_optimizers
 from timm.optim._optim_factory import default_registry  # timm has no public way to register an optimizer
 
-__all__ = ['PAPER_BASE_LR', 'PAPER_BASE_BATCH_SIZE', 'create_paper_optimizer', 'decayed_parameter_names', 'resolve_lr']
+__all__ = ['PAPER_BASE_LR', 'PAPER_BASE_BATCH_SIZE', 'create_paper_optimizer', 'resolve_lr']
 
 PAPER_BASE_LR, PAPER_BASE_BATCH_SIZE = 0.1, 256  # section 3.1: lr 0.1 for batch size 256
 
 if 'nag' not in list_optimizers():  # NAG: timm's 'nesterov' (SGD with nesterov=True)
     default_registry.register_alias('nag', 'nesterov')
-
-
-def decayed_parameter_names(model: nn.Module, no_bias_decay: bool = True) -> tuple[list[str], list[str]]:
-    """``(decayed, not_decayed)`` trainable parameter names, as timm's ``param_groups_weight_decay`` groups them."""
-    no_decay = getattr(model, 'no_weight_decay', set)()
-    groups = param_groups_weight_decay(model, 1.0, no_weight_decay_list=no_decay, weight_decay_exclude_1d=no_bias_decay)
-    decayed_ids = {id(p) for g in groups if g['weight_decay'] > 0 for p in g['params']}
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    return [n for n, p in named if id(p) in decayed_ids], [n for n, p in named if id(p) not in decayed_ids]
 
 
 def create_paper_optimizer(model: nn.Module, opt: str = 'nag', lr: float = PAPER_BASE_LR, weight_decay: float = 1e-4,
@@ -33,8 +24,6 @@ def resolve_lr(lr: float | None, batch_size: int, world_size: int = 1, grad_accu
     """``(lr, log line)``: ``lr`` if given, else section 3.1's ``base_lr x global batch / base_batch_size``."""
     if lr is not None:
         return lr, f'lr {lr:g} (explicit)'
-    global_batch = batch_size * world_size * grad_accum_steps
-    if global_batch <= 0 or base_batch_size <= 0:
-        raise ValueError(f'batch sizes must be positive, got global batch {global_batch}, base {base_batch_size}')
+    global_batch = batch_size * world_size * grad_accum_steps  # sizes checked >= 1 by TrainHparams
     scaled = base_lr * global_batch / base_batch_size  # 0.1 x 1024 / 256 = 0.4
     return scaled, f'lr {scaled:g} = {base_lr:g} x {global_batch}/{base_batch_size} (linear scaling, section 3.1)'
