@@ -197,16 +197,19 @@ def data_costs(data: Path, img_size: int, n: int = 300) -> dict[str, float]:
     n = min(n, len(ds))
     tf = create_paper_train_transform(img_size, scale=(0.35, 1.0))
     seeded = SeededTransformDataset(ds, tf)
-    unseeded = SeededTransformDataset(ds, tf)
+
+    def unseeded(i: int) -> tuple:
+        img, target = ds[i]
+        return tf(img), target
     res: dict[str, list[float]] = {'decode': [], 'decode+augment': [], 'decode+augment+seeding': [], 'collate': []}
     for _ in range(3):  # interleaved repetitions
-        for key, fn in (('decode', lambda i: ds[i]), ('decode+augment', lambda i: unseeded[i]),
+        for key, fn in (('decode', lambda i: ds[i]), ('decode+augment', unseeded),
                         ('decode+augment+seeding', lambda i: seeded[(i, 1_000_003 * i)])):
             tic = time.perf_counter()
             for i in range(n):
                 fn(i)
             res[key].append((time.perf_counter() - tic) / n * 1e3)
-        batch = [unseeded[i] for i in range(min(128, n))]
+        batch = [unseeded(i) for i in range(min(128, n))]
         tic = time.perf_counter()
         for _ in range(10):
             collate_skip_bad(batch)

@@ -302,8 +302,7 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path: Path, capsys: pytest.Capt
     ckpt = make_run(tmp_path / 'run')
     cases = [([str(ckpt), str(tmp_path / 'out'), '--use-ema'], 'no EMA weights'),
              ([str(tmp_path / 'missing.pth.tar'), str(tmp_path / 'out')], 'not found'),
-             ([str(ckpt), str(tmp_path / 'out'), '--push-to-hub', 'a/b/c'], 'not a valid Hub repo id'),
-             ([str(ckpt), str(tmp_path / 'out'), '--push-to-hub', 'a/b', '--token-env', 'NO_SUCH_VAR'], 'not set')]
+             ([str(ckpt), str(tmp_path / 'out'), '--push-to-hub', 'a/b/c'], 'not a valid Hub repo id')]
     for argv, message in cases:
         assert export_mod.main(argv) == 2, argv
         err = capsys.readouterr().err
@@ -351,13 +350,11 @@ def test_push_uploads_only_the_export_files(tmp_path: Path, monkeypatch: pytest.
     assert [name for name, _ in hub.calls] == ['create_repo', 'upload_folder'] and hub.tokens == [TOKEN]
     assert hub.calls[0][1] == {'repo_id': 'someone/tiny', 'private': True, 'exist_ok': True, 'repo_type': 'model'}
     assert set(hub.uploaded) == FILES and 'resnet18d' in hub.calls[1][1]['commit_message']
-    # an existing export, with stray files beside it, from the CLI with the token in another variable
+    # an existing export, with stray files beside it, from the CLI
     (out / 'notes.pth').write_bytes(b'pickle')
     (out / '.cache').mkdir()
-    monkeypatch.delenv('HF_TOKEN')
-    monkeypatch.setenv('MY_HUB_TOKEN', TOKEN)
     hub = FakeHub(monkeypatch)
-    assert export_mod.main([str(out), '--push-to-hub', 'someone/tiny', '--token-env', 'MY_HUB_TOKEN']) == 0
+    assert export_mod.main([str(out), '--push-to-hub', 'someone/tiny']) == 0
     assert set(hub.uploaded) == FILES and hub.tokens == [TOKEN] and hub.calls[0][1]['private'] is False
     assert 'someone/tiny' in capsys.readouterr().out
     assert all(TOKEN.encode() not in data for data in hub.uploaded.values())
@@ -384,9 +381,8 @@ def test_cli_push_failure_real_client(tmp_path: Path, monkeypatch: pytest.Monkey
     """The real huggingface_hub client against a closed local port: exit 1, one line, no token; the export kept."""
     ckpt = make_run(tmp_path / 'run')
     monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', False)
-    monkeypatch.setenv('MY_HUB_TOKEN', TOKEN)
-    assert export_mod.main([str(ckpt), str(tmp_path / 'out'), '--push-to-hub', 'user/repo',
-                            '--token-env', 'MY_HUB_TOKEN']) == 1
+    monkeypatch.setenv('HF_TOKEN', TOKEN)
+    assert export_mod.main([str(ckpt), str(tmp_path / 'out'), '--push-to-hub', 'user/repo']) == 1
     out, err = capfd.readouterr()  # file-descriptor level: whatever the client or its loggers print, too
     assert err.count('\n') == 1 and err.startswith('error: '), err
     assert f'could not reach the Hub at {CLOSED_PORT}' in err and 'user/repo' in err and 'retry with:' in err

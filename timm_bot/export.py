@@ -218,25 +218,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--overwrite', action='store_true', help='replace OUTPUT_DIR if it is a previous export')
     parser.add_argument('--push-to-hub', metavar='USER/NAME', help='upload the export to this Hub model repo')
     parser.add_argument('--private', action='store_true', help='create the Hub repo private')
-    parser.add_argument('--token-env', metavar='NAME', help='variable holding the Hub token (default: HF_TOKEN)')
     args = parser.parse_args(argv)
-    token = os.environ.get(args.token_env) if args.token_env else None
-    try:
-        if args.token_env and not token:
-            raise ExportError(f'--token-env {args.token_env}: that environment variable is not set')
+    try:  # the Hub token: HF_TOKEN or `hf auth login`, read by huggingface_hub
         if args.output_dir is not None:
             export_checkpoint(args.checkpoint, args.output_dir, push_to_hub=args.push_to_hub, use_ema=args.use_ema,
-                              overwrite=args.overwrite, private=args.private, token=token)
+                              overwrite=args.overwrite, private=args.private)
             print(f'exported to {args.output_dir}' + (f', pushed to {args.push_to_hub}' if args.push_to_hub else ''))
         elif args.push_to_hub:
-            url = push_export_to_hub(args.checkpoint, args.push_to_hub, private=args.private, token=token)
+            url = push_export_to_hub(args.checkpoint, args.push_to_hub, private=args.private)
             print(f'pushed {args.checkpoint} to {args.push_to_hub}: {url}')
         else:
             raise ExportError('give OUTPUT_DIR to export to, or an export folder and --push-to-hub to upload it')
         return 0
     except (HubPushError, ValueError, OSError) as e:  # ExportError is a ValueError
-        message = str(e).replace(token, '***') if token else str(e)
-        print(f'error: {message.splitlines()[0] if message else type(e).__name__}', file=sys.stderr)
+        print(f'error: {str(e).splitlines()[0] if str(e) else type(e).__name__}', file=sys.stderr)
         return 1 if isinstance(e, HubPushError) else 2
 
 

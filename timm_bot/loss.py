@@ -52,7 +52,5 @@ class BatchMixup:
                  perm: torch.Tensor | None = None) -> tuple[torch.Tensor, MixedTarget]:
         lam = float(self.beta.sample())  # lam and perm from torch's CPU RNG: a checkpointed rng state replays them
         perm = torch.randperm(len(x)) if perm is None else perm
-        if perm.shape != (len(x),) or len(target) != len(x):
-            raise ValueError(f'mixup: {len(x)} inputs, {len(target)} targets, perm of shape {tuple(perm.shape)}')
         x_mixed = x.mul(lam).add_(x[perm.to(x.device)], alpha=1.0 - lam)
         return x_mixed, MixedTarget(target, target[perm.to(target.device)], lam)

@@ -61,14 +61,12 @@ class SeededTransformDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, item: tuple[int, int] | int) -> Any:
-        index, seed = item if isinstance(item, tuple) else (item, None)
+    def __getitem__(self, item: tuple[int, int]) -> Any:
+        index, seed = item
         sample = self.dataset[index]
         if sample is None or self.transform is None:  # None: a skipped bad image
             return sample
         img, target = sample
-        if seed is None:  # a plain index (an unshuffled sampler): unseeded
-            return self.transform(img), target
         # the caller's RNG states are restored afterwards: mixup draws in the main process are unaffected
         torch_state, python_state = torch.get_rng_state(), random.getstate()
         try:

@@ -58,7 +58,5 @@ def paper_init_(model: nn.Module, weight_init: str = 'xavier', zero_init_last: b
     if weight_init == 'xavier':
         xavier_init_(model)
     count = zero_gamma_(model, 0.0 if zero_init_last else 1.0)
-    if not zero_init_last:
-        return f'{weight_init} init'
-    return f'{weight_init} init, zero-gamma (3.1): ' + (f'{count} residual branches end at gamma 0' if count else
-                                                         'no residual branch ending in a BatchNorm: not applied')
+    found = f'{count} residual branches end at gamma 0' if count else 'not applied: no residual branch ends in a BN'
+    return f'{weight_init} init' + (f', zero-gamma (3.1): {found}' if zero_init_last else '')
