@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('output_dir', nargs='?', help='export folder to write (omit to push CHECKPOINT as it is)')
     parser.add_argument('--use-ema', action='store_true', help="export the checkpoint's EMA weights")
     parser.add_argument('--overwrite', action='store_true', help='replace OUTPUT_DIR if it is a previous export')
-    parser.add_argument('--push-to-hub', metavar='USER/NAME', help='upload the export to this Hub model repo')
+    parser.add_argument('--push-to-hub', metavar='USER/NAME', help='upload the export to this Hub repo (HF_TOKEN)')
     parser.add_argument('--private', action='store_true', help='create the Hub repo private')
     args = parser.parse_args(argv)
     try:  # the Hub token: HF_TOKEN or `hf auth login`, read by huggingface_hub
