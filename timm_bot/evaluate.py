@@ -27,7 +27,8 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device, a
                 logits = model(images).float()
             hits = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(targets[:, None])
             sums = [F.cross_entropy(logits, targets, reduction='sum'), hits[:, 0].sum(), hits.any(dim=1).sum()]
-            totals += torch.stack([*sums, torch.tensor(targets.shape[0], device=device)]).cpu().double()  # one read
+            totals[:3] += torch.stack(sums).cpu().double()  # one device read per batch
+            totals[3] += targets.shape[0]
         if log_interval > 0 and (batch_idx % log_interval == 0 or batch_idx == len(loader)):
             _, top1, _, count = totals.tolist()
             progress = f'eval batch {batch_idx}/{len(loader)}  top-1 {100 * top1 / max(count, 1):.2f}%'
