@@ -24,8 +24,8 @@ import timm_bot  # noqa: F401  (registers the _bot models)
 from timm_bot.amp import create_amp
 from timm_bot.checkpoint import create_model_from_checkpoint, create_pretrained_model, resolve_architecture
 from timm_bot.data import check_same_classes, collate_skip_bad, create_image_dataset
+from timm_bot.distributed import resolve_device
 from timm_bot.evaluate import evaluate
-from timm_bot.hparams import resolve_device
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

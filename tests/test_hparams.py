@@ -6,18 +6,18 @@ import pytest
 import torch
 import yaml
 
+from timm_bot.distributed import resolve_device
 from timm_bot.hparams import (
     HparamsError,
     TrainHparams,
     build_parser,
     check_resume_changes,
     load_hparams,
-    resolve_device,
 )
 
 
 def parse_overrides(argv: list[str]) -> dict:
-    return {k: v for k, v in vars(build_parser().parse_args(argv)).items() if k not in ('hparams', 'resume')}
+    return {k: v for k, v in vars(build_parser().parse_args(argv)).items() if k != 'hparams'}
 
 HPARAMS = sorted((Path(__file__).parents[1] / 'hparams').glob('*.yaml'))
 

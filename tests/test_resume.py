@@ -59,8 +59,8 @@ def test_more_epochs_rebuild_the_schedule_instead_of_training_at_lr_0(tmp_path, 
     res = run_script('train.py', '--resume', run, '--epochs', '3', '--log_interval', '1')
     assert 'epochs 2 -> 3: the cosine schedule is rebuilt for 3 epochs' in res.log
     first = next(line for line in res.log.splitlines() if line.startswith('epoch 3/3 [1/12]'))
-    # after update 25 of 36 (12 warmup): lr = 0.1 * (1 + cos(pi * 14 / 24)) / 2, printed with 4 digits
-    assert float(first.split(' lr ')[1].split()[0]) == pytest.approx(0.05 * (1 + math.cos(math.pi * 14 / 24)), 1e-3)
+    # batch 25 of 36 (12 warmup) trains at lr = 0.1 * (1 + cos(pi * 13 / 24)) / 2, printed with 4 digits
+    assert float(first.split(' lr ')[1].split()[0]) == pytest.approx(0.05 * (1 + math.cos(math.pi * 13 / 24)), 1e-3)
     assert len(read_summary(run)) == 3
     done = run_script('train.py', '--resume', run)
     assert 'nothing to do' in done.log and len(read_summary(run)) == 3
@@ -90,8 +90,9 @@ def test_rerunning_a_recipe_writes_a_new_folder(tmp_path, tiny_digits):
     assert (tmp_path / 'same-1' / 'last.pth.tar').exists()
 
 
-def test_ctrl_c_prints_one_line_with_the_resume_command(tmp_path):
-    """Item 5: SIGINT -> exit 130, one final line naming epoch/batch, the last checkpoint and the resume command."""
+def test_ctrl_c_saves_at_the_current_update_and_prints_the_resume_command(tmp_path):
+    """SIGINT (issue 21): the update finishes, last.pth.tar is written at that batch, one final line names it and the
+    resume command, exit 130 (128 + SIGINT)."""
     args = train_args(tmp_path, 'int', '--checkpoint_interval', '5', '--log_interval', '1', epochs=3)
     p = popen_script(*args, log=tmp_path / 'log.txt')
     deadline = time.monotonic() + 300
@@ -102,9 +103,32 @@ def test_ctrl_c_prints_one_line_with_the_resume_command(tmp_path):
     assert p.wait(timeout=120) == 130
     log = (tmp_path / 'log.txt').read_text()
     last = log.strip().splitlines()[-1]
-    assert 'Traceback' not in log and last.startswith('interrupted at epoch 1/3, batch ')
-    assert f'last checkpoint: {tmp_path / "int" / "last.pth.tar"}' in last
+    ckpt = load_checkpoint(tmp_path / 'int' / 'last.pth.tar')
+    assert 'Traceback' not in log, log
+    assert last.startswith(f'stopped by SIGINT at epoch {ckpt["epoch"] + 1}/3, batch {ckpt["batch_in_epoch"]} '
+                           f'(update {ckpt["global_step"]}); checkpoint: {tmp_path / "int" / "last.pth.tar"}'), last
+    assert ckpt['batch_in_epoch'] % 5 != 0, 'the checkpoint is an interval one, not the stop step'
     assert last.endswith(f'resume with: python train.py --resume {tmp_path / "int"}')
+
+
+def test_ctrl_c_before_the_first_checkpoint_leaves_nothing(tmp_path):
+    """Issue 23 bug 6: a second Ctrl-C during the first update (too impatient to wait for it) stops at once; with no
+    checkpoint written, the one line says there is nothing to resume and the run folder is removed."""
+    args = train_args(tmp_path, 'early', '--batch_size', '700', '--plots', 'true', epochs=3)  # ~1 s updates
+    log = tmp_path / 'log.txt'
+    p = popen_script(*args, log=log)
+    deadline = time.monotonic() + 300
+    while 'writing to' not in log.read_text():
+        assert p.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.01)
+    p.send_signal(signal.SIGINT)  # before the loop starts (a KeyboardInterrupt), or within the first update
+    while p.poll() is None and 'SIGINT received' not in log.read_text():
+        time.sleep(0.01)
+    p.send_signal(signal.SIGINT)
+    assert p.wait(timeout=120) == 130
+    last = log.read_text().strip().splitlines()[-1]
+    assert last == f'interrupted before the first checkpoint: nothing to resume; removed {tmp_path / "early"}'
+    assert not (tmp_path / 'early').exists()
 
 
 def test_divergence_never_overwrites_a_good_checkpoint(tmp_path):

@@ -22,8 +22,8 @@ from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from .checkpoint import create_model_from_checkpoint, fsync_path, load_checkpoint, resolve_architecture
 
-__all__ = ['ExportError', 'HubPushError', 'check_repo_id', 'export_checkpoint', 'push_export_to_hub',
-           'timm_architecture', 'main']
+__all__ = ['ExportError', 'HubPushError', 'check_repo_id', 'check_export_destination', 'export_checkpoint',
+           'push_export_to_hub', 'timm_architecture', 'main']
 
 EXPORT_FILES = ('model.safetensors', 'config.json', 'README.md')
 TEMPLATE = Path(__file__).with_name('model_card.md')
@@ -88,7 +88,7 @@ def _public(value: Any, key: str = '') -> Any:
     return value
 
 
-def _check_destination(output_dir: Path, checkpoint: Path, overwrite: bool) -> None:
+def check_export_destination(output_dir: Path, checkpoint: Path, overwrite: bool) -> None:
     """The overwrite policy: a new or empty folder, or (with ``overwrite``) a previous export."""
     if output_dir.exists() and not output_dir.is_dir():
         raise ExportError(f'output folder {output_dir} is a file: choose another path')
@@ -138,7 +138,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, output_dir: str | os.PathLi
     checkpoint = checkpoint / 'model_best.pth.tar' if checkpoint.is_dir() else checkpoint
     if push_to_hub:
         check_repo_id(push_to_hub)
-    _check_destination(output_dir, checkpoint, overwrite)
+    check_export_destination(output_dir, checkpoint, overwrite)
     try:
         model, ckpt = create_model_from_checkpoint(checkpoint, use_ema=use_ema)
     except (OSError, ValueError) as e:  # not found, refused pickle, corrupt, no EMA weights, ...
@@ -156,7 +156,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, output_dir: str | os.PathLi
         os.chmod(tmp / 'model.safetensors', (tmp / 'README.md').stat().st_mode & 0o777)  # not owner-only
         for path in [*tmp.iterdir(), tmp]:
             fsync_path(path)
-        _check_destination(output_dir, checkpoint, overwrite)  # nothing appeared there meanwhile
+        check_export_destination(output_dir, checkpoint, overwrite)  # nothing appeared there meanwhile
         if output_dir.is_dir():  # a previous export (or an empty folder): moved aside, deleted once replaced
             os.replace(output_dir, old)
         os.replace(tmp, output_dir)

@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
-__all__ = ['TrainHparams', 'HparamsError', 'build_parser', 'load_hparams', 'check_resume_changes', 'resolve_device']
+__all__ = ['TrainHparams', 'HparamsError', 'build_parser', 'load_hparams', 'check_resume_changes', 'resume_target']
 
 
 class HparamsError(ValueError):
@@ -45,7 +44,8 @@ class TrainHparams:
     val_split: str = _h('val', 'validation split name')
     skip_bad_images: bool = _h(False, 'skip and count unreadable images instead of stopping')
     workers: int = _h(2, 'data loader worker processes', ge=0)
-    pin_memory: bool = _h(False, 'pin host memory (CUDA)')
+    pin_memory: bool | None = _h(None, 'pin host memory; null: on CUDA (a non_blocking copy from pageable memory '
+                                 'is synchronous)')
     img_size: int = _h(224, 'training crop / eval size (section 2: 224; Inception-V3: 299)', ge=1)
     crop_pct: float = _h(0.875, 'eval center-crop fraction (section 2: 224/256)', gt=0, le=1)
     interpolation: str = _h('bilinear', 'resize interpolation', choices=('bilinear', 'bicubic', 'nearest', 'random'))
@@ -88,7 +88,10 @@ class TrainHparams:
     deterministic: bool = _h(False, 'torch.use_deterministic_algorithms')
     device: str = _h('auto', "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
     output: str = _h('output/train', 'parent folder of the run folders')
-    experiment: str = _h('', "run folder name (default: date-model); an existing one gets a '-1', '-2' suffix")
+    experiment: str = _h('', "run folder name (default: date-model); an existing one gets a '-1', '-2' suffix, "
+                             'except with resume: auto')
+    resume: str | None = _h(None, "continue a run: its folder or checkpoint (restores its hparams); 'auto': continue "
+                            'OUTPUT/EXPERIMENT if it has a checkpoint, else start it there (restartable jobs)')
     checkpoint_interval: int = _h(0, 'also save last.pth.tar every N updates (0: at epoch ends only)', ge=0)
     log_interval: int = _h(50, 'a progress line every N batches when stderr is not a terminal', ge=0)
     dist_timeout: float = _h(300.0, 'seconds before a DDP collective waiting for a dead rank fails', gt=0)
@@ -119,13 +122,15 @@ class TrainHparams:
               f'>= 0 and shorter than epochs={self.epochs} (lower warmup_epochs or raise epochs)')
         check('decay_milestones', self.decay_milestones == sorted(self.decay_milestones), 'increasing epochs')
         check('export_ema', self.model_ema or not self.export_ema, 'false unless model_ema is true')
+        check('resume', self.resume != 'auto' or bool(self.experiment),
+              "a run folder or checkpoint, or 'auto' with experiment: NAME (the run's folder at every restart)")
         if self.data_dir != 'digits':
             check('data_dir', Path(self.data_dir).exists(), "an existing folder or .tar, or 'digits' (embedded)")
         return self
 
 
 # Keys a resumed run may change: they do not alter the run's trajectory (epochs rebuilds the schedule).
-RESUME_MUTABLE = {'epochs', 'workers', 'pin_memory', 'device', 'log_interval', 'checkpoint_interval', 'plots',
+RESUME_MUTABLE = {'resume', 'epochs', 'workers', 'pin_memory', 'device', 'log_interval', 'checkpoint_interval', 'plots',
                   'export_dir', 'push_to_hub', 'export_ema', 'dist_timeout', 'data_dir', 'skip_bad_images',
                   'deterministic', 'torchcompile', 'channels_last', 'amp', 'amp_dtype'}
 
@@ -181,12 +186,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser(description: str = '') -> argparse.ArgumentParser:
-    """``--hparams``, ``--resume`` and one ``--key`` (also ``--key-with-dashes``) per :class:`TrainHparams` field."""
+    """``--hparams`` and one ``--key`` (also ``--key-with-dashes``) per :class:`TrainHparams` field."""
     parser = _Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
                      allow_abbrev=False, usage='train.py [--hparams FILE.yaml ...] [--resume RUN] [--KEY VALUE ...]')
     parser.add_argument('--hparams', nargs='+', metavar='FILE.yaml',
                         help='YAML file(s) of hparams (recipes in hparams/); a later file overrides an earlier one')
-    parser.add_argument('--resume', help="continue a run: its folder or checkpoint; restores the run's hparams")
     keys = parser.add_argument_group('hparams (YAML keys; a command-line value overrides the file)')
     for name, f in _FIELDS.items():
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
@@ -236,15 +240,20 @@ def check_resume_changes(saved: dict[str, Any], hp: TrainHparams, resolved_lr: f
                            'change when resuming; start a new run (without --resume) to change the others.')
 
 
-def resolve_device(spec: str) -> torch.device:
-    """'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:N' or 'mps'; ValueError when not available here."""
-    if spec == 'auto':
-        spec = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
-    if spec not in ('cpu', 'cuda', 'mps') and not (spec.startswith('cuda:') and spec[5:].isdigit()):
-        raise ValueError(f"device {spec!r} is not one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'")
-    available = torch.cuda.device_count() > int(spec[5:] or 0) if spec.startswith('cuda') else \
-        spec != 'mps' or torch.backends.mps.is_available()
-    if not available:
-        count = f' ({torch.cuda.device_count()} CUDA devices)' if spec.startswith('cuda') else ''
-        raise ValueError(f"device {spec!r} is not available here{count}: use device 'cpu' or 'auto'")
-    return torch.device(spec)
+def resume_target(paths: str | Path | list | None, overrides: dict[str, Any]) -> Path | None:
+    """The checkpoint a command continues: ``resume: PATH`` (a run folder: its last.pth.tar); ``resume: auto``:
+    OUTPUT/EXPERIMENT/last.pth.tar if it exists (a restarted job), else None (the run starts in that folder)."""
+    values = {'output': _FIELDS['output'].default, 'experiment': '', 'resume': None}
+    for path in [paths] if isinstance(paths, (str, Path)) else paths or []:
+        values.update(_read_yaml(Path(path)))
+    values.update(overrides)
+    if values['resume'] is None:
+        return None
+    if values['resume'] == 'auto':
+        if not values['experiment']:
+            raise HparamsError("hparams: resume='auto' needs experiment: NAME (the run's folder, the same at every "
+                               'restart)')
+        path = Path(str(values['output'])) / str(values['experiment']) / 'last.pth.tar'
+        return path if path.is_file() else None
+    path = Path(str(values['resume']))
+    return path / 'last.pth.tar' if path.is_dir() else path

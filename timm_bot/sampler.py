@@ -78,15 +78,24 @@ class SeededTransformDataset(Dataset):
             random.setstate(python_state)
 
 
-def rng_state() -> dict[str, Any]:
-    """The main process's RNG states (mixup draws from them), as tensors and plain containers for a checkpoint."""
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """This process's RNG states (mixup draws from the CPU ones; dropout and drop-path on an accelerator from its own
+    generator), as tensors and plain containers for a checkpoint."""
     kind, keys, *rest = np.random.get_state()
-    return {'torch': torch.get_rng_state(), 'python': random.getstate(),
-            'numpy': [kind, torch.from_numpy(keys.astype(np.int64)), *rest]}
+    state = {'torch': torch.get_rng_state(), 'python': random.getstate(),
+             'numpy': [kind, torch.from_numpy(keys.astype(np.int64)), *rest]}
+    if device is not None and device.type in ('cuda', 'mps'):
+        state[device.type] = torch.cuda.get_rng_state(device) if device.type == 'cuda' else torch.mps.get_rng_state()
+    return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
+    """Restore :func:`rng_state`; an accelerator's generator only on the same kind of device it was saved from."""
     torch.set_rng_state(state['torch'])
     random.setstate(tuple(tuple(s) if isinstance(s, list) else s for s in state['python']))
     kind, keys, *rest = state['numpy']
     np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    if device is not None and device.type == 'cuda' and 'cuda' in state:
+        torch.cuda.set_rng_state(state['cuda'], device)
+    elif device is not None and device.type == 'mps' and 'mps' in state:
+        torch.mps.set_rng_state(state['mps'])
