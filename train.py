@@ -178,7 +178,7 @@ def check_resumable(resume: dict, hp: TrainHparams, lr: float, labels: list[str]
     check_resume_changes(resume['args'], hp, lr)
     if hp.epochs < resume['epoch'] + (resume['batch_in_epoch'] > 0):
         raise ValueError(f'hparams: epochs={hp.epochs} but the run already trained {resume["epoch"]} epochs')
-    saved = resume.get('world_size', len(resume['rng']) if isinstance(resume['rng'], list) else process.world_size)
+    saved = resume.get('world_size', 1)
     if saved != process.world_size:
         raise ValueError(f'--resume {resume["path"]}: the run was trained by {saved} process(es), this is '
                          f'{process.world_size}: the data order and the global batch would change; resume it with '
@@ -321,13 +321,13 @@ def evaluate_epoch(epoch: int, lr: float, run: Run, training: Training, state: T
                    val_loader: DataLoader) -> dict[str, float]:
     """Reduce the epoch's statistics over ranks, evaluate the model (and its EMA) and record the epoch."""
     loss_sum, seen, skipped = all_reduce_sum(state.epoch_stats, run.device).tolist()  # on the device, for NCCL
-    if run.process.distributed:
-        timm.utils.distribute_bn(training.model, run.process.world_size, reduce=True)  # one set of BN statistics
+    for model in (training.model, training.model_ema) if run.process.distributed else ():
+        if model is not None:  # one set of BN statistics, as timm's train.py
+            timm.utils.distribute_bn(model, run.process.world_size, reduce=True)
     row = {'epoch': epoch, 'train_loss': loss_sum / max(seen, 1)}
     for prefix, model in (('eval_', training.model), ('eval_ema_', training.model_ema)):
         if model is not None:
-            metrics = evaluate(model, val_loader, run.device, training.autocast, run.process.world_size,
-                               run.hp.channels_last)
+            metrics = evaluate(model, val_loader, run.device, training.autocast, run.hp.channels_last)
             row.update({prefix + k: metrics[k] for k in ('loss', 'top1', 'top5')})
     row['lr'] = lr  # the lr of the epoch's last batch
     state.history.append(row)
@@ -487,12 +487,13 @@ def interrupted(state: TrainState, hp: TrainHparams, training: Training, output_
 
 def checkpoint_state(run: Run, training: Training, state: TrainState) -> dict:
     """Everything --resume, validate.py and export need, as plain containers (loads with weights_only=True);
-    ``rng``: every rank's RNG states, in rank order (each rank draws its own mixup and dropout)."""
+    ``rank_states``: what differs between ranks (:func:`rank_state`), in rank order."""
     ckpt = dict(dataclasses.asdict(run.info), **dataclasses.asdict(state),
                 state_dict=timm.utils.unwrap_model(training.model).state_dict(),
                 **{k: getattr(training, k).state_dict() for k in ('optimizer', 'scheduler', 'loss_scaler')
                    if getattr(training, k) is not None},
-                rng=all_gather(rng_state(run.device), run.process.world_size), version=timm_bot.__version__)
+                rank_states=all_gather(rank_state(run, training, state), run.process.world_size),
+                version=timm_bot.__version__)
     if training.model_ema is not None:
         ckpt['state_dict_ema'] = training.model_ema.module.state_dict()
     finite = all(w.isfinite().all() for w in ckpt['state_dict'].values() if w.is_floating_point())
@@ -500,6 +501,15 @@ def checkpoint_state(run: Run, training: Training, state: TrainState) -> dict:
         raise TrainingStopped(f'the weights became NaN/inf by update {state.global_step} (epoch {state.epoch + 1}) and '
                               f'were not saved; the last checkpoint ({training.last_checkpoint}) is intact. Lower lr.')
     return ckpt
+
+
+def rank_state(run: Run, training: Training, state: TrainState) -> dict:
+    """What one rank needs to continue exactly and no other rank has: its RNG states (its own mixup draws and
+    dropout), its share of the epoch's loss sums, and its EMA's BatchNorm statistics (DDP syncs only the model's)."""
+    own = {'rng': rng_state(run.device), 'epoch_stats': list(state.epoch_stats)}
+    if training.model_ema is not None:
+        own['ema_buffers'] = {k: v.cpu() for k, v in training.model_ema.module.named_buffers()}
+    return own
 
 
 def restore(run: Run, training: Training) -> TrainState:
@@ -517,10 +527,14 @@ def restore(run: Run, training: Training) -> TrainState:
     if training.model_ema is not None:
         training.model_ema.module.load_state_dict(resume['state_dict_ema'])
     training.scheduler.step_update(num_updates=resume['global_step'])
-    rng = resume['rng']  # a list per rank; a dict in checkpoints of timm-bot < 0.3
-    set_rng_state(rng[run.process.rank] if isinstance(rng, list) else rng, run.device)
     training.last_checkpoint = resume['path']
-    return TrainState(**{f.name: resume[f.name] for f in dataclasses.fields(TrainState)})
+    state = TrainState(**{f.name: resume[f.name] for f in dataclasses.fields(TrainState)})
+    own = resume['rank_states'][run.process.rank] if 'rank_states' in resume else {'rng': resume['rng']}  # < 0.3
+    set_rng_state(own['rng'], run.device)
+    state.epoch_stats = own.get('epoch_stats', state.epoch_stats)
+    if training.model_ema is not None and 'ema_buffers' in own:
+        training.model_ema.module.load_state_dict(own['ema_buffers'], strict=False)
+    return state
 
 
 def write_summary(history: list[dict], path: Path) -> None:

@@ -5,37 +5,37 @@ from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
+
+from .distributed import all_reduce_sum
 
 __all__ = ['evaluate']
 
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device, amp_autocast: Callable = nullcontext,
-             world_size: int = 1, channels_last: bool = False, log_interval: int = 0) -> dict[str, float]:
-    """``{'loss', 'top1', 'top5', 'count'}`` (in %) over ``collate_skip_bad`` batches, all-reduced under DDP."""
+             channels_last: bool = False, log_interval: int = 0) -> dict[str, float]:
+    """``{'loss', 'top1', 'top5', 'count'}`` (in %) over ``collate_skip_bad`` batches, summed on the device and
+    read once (all-reduced over ranks when the process group is up)."""
     model.eval()
     memory_format = torch.channels_last if channels_last else torch.preserve_format
-    totals = torch.zeros(4, dtype=torch.float64)  # loss sum, top-1 hits, top-5 hits, count
-    tic = time.perf_counter()
+    sums = torch.zeros(3, dtype=torch.float32 if device.type == 'mps' else torch.float64, device=device)
+    count, tic = 0, time.perf_counter()  # sums: loss, top-1 hits, top-5 hits, kept on the device
     for batch_idx, (images, targets, _) in enumerate(loader, 1):
         if images is not None:  # None: every image of the batch was unreadable (skip_bad_images)
-            images, targets = images.to(device, memory_format=memory_format), targets.to(device)
+            images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+            targets = targets.to(device, non_blocking=True)
             with amp_autocast():
                 logits = model(images).float()
             hits = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(targets[:, None])
-            sums = [F.cross_entropy(logits, targets, reduction='sum'), hits[:, 0].sum(), hits.any(dim=1).sum()]
-            totals[:3] += torch.stack(sums).cpu().double()  # one device read per batch
-            totals[3] += targets.shape[0]
+            sums += torch.stack([F.cross_entropy(logits, targets, reduction='sum'), hits[:, 0].sum(),
+                                 hits.any(dim=1).sum()]).to(sums.dtype)
+            count += targets.shape[0]
         if log_interval > 0 and (batch_idx % log_interval == 0 or batch_idx == len(loader)):
-            _, top1, _, count = totals.tolist()
-            progress = f'eval batch {batch_idx}/{len(loader)}  top-1 {100 * top1 / max(count, 1):.2f}%'
+            progress = f'eval batch {batch_idx}/{len(loader)}  top-1 {100 * sums[1].item() / max(count, 1):.2f}%'
             logging.getLogger(__name__).info(f'{progress}  {count / (time.perf_counter() - tic):.1f} img/s')
-    if world_size > 1:  # on the device: NCCL reduces only accelerator tensors
-        dist.all_reduce(totals := totals.to(device))
-    loss, top1, top5, count = totals.tolist()
+    loss, top1, top5, count = all_reduce_sum(torch.cat([sums, sums.new_tensor([count])]), device).tolist()
     if count == 0:
         raise ValueError('evaluate: the loader produced no readable image.')
     return {'loss': loss / count, 'top1': 100 * top1 / count, 'top5': 100 * top5 / count, 'count': int(count)}
