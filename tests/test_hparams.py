@@ -82,11 +82,26 @@ def test_override_wins_over_file(tmp_path):
     ({'opt': 'ngd'}, "opt='ngd' is not one of"),
     ({'data_dir': '/no/such/dir'}, 'data_dir'),
     ({'warmup_epochs': 200, 'epochs': 100}, 'warmup_epochs'),
+    ({'decay_milestones': 1}, r'expected a list of int, e\.g\. \[30, 60\]'),  # issue 23 bug 3: an int example
+    ({'sched': 'step', 'epochs': 20}, r'decay_milestones=\[30, 60, 90\] is invalid: expected epochs in 1\.\.19'),
+    ({'sched': 'step', 'epochs': 20, 'decay_milestones': [10, 20]}, 'decay_milestones'),  # issue 23 bug 2
 ])
 def test_bad_values_name_the_key(overrides, match):
     with pytest.raises(HparamsError, match=match) as err:
         load_hparams(None, overrides)
     assert '\n' not in str(err.value)
+
+
+def test_step_decay_milestones_within_the_run():
+    """Issue 23 bug 2: a step-decay milestone at or past `epochs` never decays; cosine ignores the milestones."""
+    with pytest.raises(HparamsError, match='decay_milestones'):
+        load_hparams('hparams/imagenet_baseline.yaml', {'data_dir': '.', 'epochs': 20})
+    assert load_hparams(None, {'sched': 'cosine', 'epochs': 20}).decay_milestones == [30, 60, 90]
+    assert load_hparams(None, {'sched': 'step', 'epochs': 20, 'decay_milestones': [5, 19]}).epochs == 20
+    assert load_hparams(None, {'sched': 'step', 'epochs': 20, 'decay_milestones': []}).decay_milestones == []
+    with pytest.raises(HparamsError, match='expected a list of int, e.g. \\[30, 60\\]'):
+        load_hparams(None, parse_overrides(['--decay_milestones', '1']))
+    assert parse_overrides(['--decay_milestones', '[30, 60]'])['decay_milestones'] == [30, 60]  # the hint works
 
 
 def test_bad_files(tmp_path):
@@ -117,7 +132,7 @@ def test_exponent_floats_without_dot(tmp_path):
 
 
 def test_later_files_override_earlier_ones(tmp_path):
-    (tmp_path / 'row.yaml').write_text('sched: step\nmixup: 0.2\n')
+    (tmp_path / 'row.yaml').write_text('sched: step\ndecay_milestones: [10, 15]\nmixup: 0.2\n')
     hp = load_hparams(['hparams/quickstart.yaml', tmp_path / 'row.yaml'], {'mixup': 0.1})
     assert (hp.model, hp.sched, hp.mixup) == ('resnet18d_tiny_bot', 'step', 0.1)
 

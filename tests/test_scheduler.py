@@ -79,7 +79,7 @@ def test_resume_from_state_dict(sched_name):
     torch.save(sched_a.state_dict(), buf)
     buf.seek(0)
     opt_b = _optimizer(lr=1.0)
-    sched_b = create_paper_scheduler(opt_b, sched_name, 7, 1)
+    sched_b = create_paper_scheduler(opt_b, sched_name, 7, 1, decay_milestones=(2, 4))
     sched_b.load_state_dict(torch.load(buf, weights_only=True))
     for step in range(stop, epochs * per_epoch + 1):
         sched_a.step_update(num_updates=step)
@@ -95,6 +95,10 @@ def test_invalid_arguments_and_why_timm_is_subclassed():
         create_paper_scheduler(opt, 'poly', 10, 10)
     with pytest.raises(ValueError):
         create_paper_scheduler(opt, 'cosine', 2, 10, warmup_epochs=2)
+    for milestones in ([10], [1, 2], [0]):  # issue 23 bug 2: at or past the last epoch (or 0) it never decays
+        with pytest.raises(ValueError, match=r'decay_milestones .* must be epochs in 1\.\.1'):
+            create_paper_scheduler(opt, 'step', 2, 10, decay_milestones=milestones)
+    create_paper_scheduler(opt, 'cosine', 2, 10, decay_milestones=[10])  # milestones only matter to 'step'
     # timm's own warmup gives the first batch lr 0; the paper gives it eta / m
     CosineLRScheduler(opt, t_initial=10, warmup_t=4, warmup_lr_init=0.0, warmup_prefix=True, t_in_epochs=False)
     assert opt.param_groups[0]['lr'] == 0.0

@@ -118,6 +118,9 @@ class TrainHparams:
         check('warmup_epochs', self.warmup_epochs < self.epochs,
               f'>= 0 and shorter than epochs={self.epochs} (lower warmup_epochs or raise epochs)')
         check('decay_milestones', self.decay_milestones == sorted(self.decay_milestones), 'increasing epochs')
+        check('decay_milestones', self.sched != 'step' or all(0 < d < self.epochs for d in self.decay_milestones),
+              f'epochs in 1..{self.epochs - 1} (epochs={self.epochs}: a later decay never happens; lower them, or '
+              'raise epochs)')
         check('export_ema', self.model_ema or not self.export_ema, 'false unless model_ema is true')
         if self.data_dir != 'digits':
             check('data_dir', Path(self.data_dir).exists(), "an existing folder or .tar, or 'digits' (embedded)")
@@ -151,7 +154,7 @@ def _coerce(key: str, value: Any, expected: Any = None) -> Any:
     if typing.get_origin(expected) is list:
         if isinstance(value, (list, tuple)):
             return [_coerce(key, v, args[0]) for v in value]
-        name = f'a list of {args[0].__name__}, e.g. [0.5, 1.0]'
+        name = f'a list of {args[0].__name__}, e.g. {[30, 60] if args[0] is int else [0.5, 1.0]}'
     elif expected is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
         with contextlib.suppress(ValueError):
             return float(value)  # ints, and '1e-3' (PyYAML reads YAML 1.2 floats like that as strings)

@@ -53,6 +53,9 @@ def create_paper_scheduler(optimizer: torch.optim.Optimizer, sched: str, epochs:
     if sched == 'cosine':
         return PaperCosineLRScheduler(optimizer, t_initial=total - warmup_t, warmup_prefix=True, **common)
     if sched == 'step':
+        if not all(0 < d < epochs for d in decay_milestones):
+            raise ValueError(f'decay_milestones {list(decay_milestones)} must be epochs in 1..{epochs - 1}: a decay at '
+                             f'or after the last of {epochs} epochs never happens')
         decay_t = sorted(int(d * updates_per_epoch) for d in decay_milestones)
         return PaperMultiStepLRScheduler(optimizer, decay_t=decay_t, decay_rate=decay_rate, warmup_prefix=False,
                                          **common)
