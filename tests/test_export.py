@@ -150,6 +150,24 @@ def test_round_trip_local_dir(tmp_path: Path):
     assert (resolved['crop_pct'], resolved['interpolation']) == (1.0, 'bilinear')
 
 
+def test_checkpoint_from_ones_own_loop(tmp_path: Path, capsys: pytest.CaptureFixture):
+    """Issue 23 bug 4: {'state_dict', 'arch'} from one's own loop exports (the classifier tells the class count);
+    without a classifier to read it from: one line, exit 2, nothing written."""
+    model = timm.create_model('resnet18d_tiny_bot', num_classes=7).eval()
+    timm_bot.save_checkpoint({'state_dict': model.state_dict(), 'arch': 'resnet18d_tiny_bot'}, tmp_path / 'own.pth')
+    assert export_mod.main([str(tmp_path / 'own.pth'), str(tmp_path / 'out')]) == 0
+    loaded = timm.create_model(f'local-dir:{tmp_path / "out"}', pretrained=True)
+    assert loaded.num_classes == 7 and torch.equal(logits(loaded), logits(model))
+    assert '**Classes:** 7' in (tmp_path / 'out' / 'README.md').read_text()
+    model.reset_classifier(0)
+    timm_bot.save_checkpoint({'state_dict': model.state_dict(), 'arch': 'resnet18d_tiny_bot'}, tmp_path / 'bare.pth')
+    capsys.readouterr()
+    assert export_mod.main([str(tmp_path / 'bare.pth'), str(tmp_path / 'bare')]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and "no 'num_classes'" in err and 'fc.weight' in err, err
+    assert not (tmp_path / 'bare').exists()
+
+
 def test_export_ema_weights(tmp_path: Path):
     ckpt = make_run(tmp_path / 'run', ema=True)
     out = export_checkpoint(ckpt, tmp_path / 'out', use_ema=True)

@@ -53,6 +53,10 @@ def _write_checkpoint(path: Path) -> None:
                      'best': {'top1': 10.0, 'epoch': 0}, 'history': [], 'version': 1}, path)
     timm.models.save_for_hf(model, path.parent / 'export', model_config={'label_names': LABELS},
                             data_config=DATA_CONFIG, safe_serialization=True)
+    # Issue 23 bug 4: saved from one's own loop, no num_classes: the head tells it (10), or nothing does (no head)
+    save_checkpoint({'state_dict': model.state_dict(), 'arch': 'resnet18d_tiny_bot'}, path.parent / 'own.pth')
+    model.reset_classifier(0)
+    save_checkpoint({'state_dict': model.state_dict(), 'arch': 'resnet18d_tiny_bot'}, path.parent / 'headless.pth')
 
 
 def _reference(ckpt: Path, use_ema: bool, data: Path) -> dict:
@@ -81,6 +85,7 @@ def runs(tmp_path_factory) -> tuple[Path, dict[str, Run]]:
         'ckpt': ['--checkpoint', ckpt, '--data_dir', small, '--batch_size', 8, '--log_interval', 1],
         'ema': ['--checkpoint', ckpt, '--use-ema', '--data-dir', small],
         'export': ['--checkpoint', tmp / 'run' / 'export', '--data-dir', small],
+        'own': ['--checkpoint', tmp / 'run' / 'own.pth', '--data-dir', small],
         'results_dir': ['--checkpoint', none, '--data-dir', none, '--results-file', tmp / 'missing' / 'r.json'],
     }
     cases = {  # --results-file NAME.json
@@ -90,6 +95,7 @@ def runs(tmp_path_factory) -> tuple[Path, dict[str, Run]]:
         'unknown_model': ['--model', 'resnet18dd', '--data-dir', none],
         'batch0': ['--checkpoint', none, '--data-dir', none, '--batch-size', 0],
         'yaml': ['--checkpoint', tmp / 'hparams.yaml', '--data-dir', none],
+        'headless': ['--checkpoint', tmp / 'run' / 'headless.pth', '--data-dir', small],
         'cuda': ['--checkpoint', none, '--data-dir', none, '--device', 'cuda'],
         'gpu': ['--checkpoint', none, '--data-dir', none, '--device', 'gpu'],
     }
@@ -123,6 +129,15 @@ def test_metrics_of_the_checkpoint_and_named_results(runs):
     assert (results['ckpt']['img_size'], results['ckpt']['crop_pct']) == (32, 1.0)
 
 
+def test_checkpoint_from_ones_own_loop(runs):
+    """Issue 23 bug 4: {'state_dict', 'arch'} alone: the class count is the classifier's, the eval preprocessing the
+    model's default (no data_config saved)."""
+    tmp, res = runs
+    assert res['own'].rc == 0, res['own'].err
+    result = json.loads((tmp / 'run' / 'validate-own-val.json').read_text())
+    assert result['count'] == 30 and result['model'] == 'resnet18d_tiny_bot' and result['img_size'] == 32
+
+
 def test_device_and_progress_lines_without_tty(runs):
     run = runs[1]['ckpt']
     lines = run.err.splitlines()
@@ -146,6 +161,7 @@ def test_random_weights_warned(runs):
     ('yaml', ['hparams.yaml', 'not a checkpoint']),
     ('cuda', ["'cuda'", '0 CUDA device']),
     ('gpu', ["'gpu'", 'cuda:N']),
+    ('headless', ['headless.pth', "no 'num_classes'", 'fc.weight']),
 ])
 def test_bad_input_one_line_before_any_work(runs, case, words):
     run = runs[1][case]

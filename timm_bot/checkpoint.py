@@ -13,7 +13,7 @@ from typing import Any
 import timm
 import torch
 import torch.nn as nn
-from timm.models import clean_state_dict
+from timm.models import clean_state_dict, get_pretrained_cfg_value
 
 __all__ = ['UnsafeCheckpointError', 'save_checkpoint', 'load_checkpoint', 'create_model_from_checkpoint', 'fsync_path',
            'resolve_architecture', 'create_pretrained_model']
@@ -110,6 +110,17 @@ def create_pretrained_model(name: str, **kwargs: Any) -> nn.Module:
                          'set HF_HUB_OFFLINE=1, or use a copy as model: local-dir:PATH') from None
 
 
+def _classes_from_head(arch: str, state_dict: dict[str, torch.Tensor], path: Path) -> int:
+    """The class count of a checkpoint saved without ``num_classes`` (one's own loop): its classifier's outputs."""
+    classifier = get_pretrained_cfg_value(arch, 'classifier')  # timm's name of the head, e.g. 'fc' or 'head.fc'
+    name = classifier[0] if isinstance(classifier, (tuple, list)) else classifier
+    weight = state_dict.get(f'{name}.weight')
+    if weight is None:
+        raise ValueError(f"{path} has no 'num_classes' and no classifier weights ({name}.weight) to read it from: "
+                         "save the checkpoint with 'num_classes'")
+    return weight.shape[0]
+
+
 def create_model_from_checkpoint(path: str | os.PathLike, use_ema: bool = False) -> tuple[nn.Module, dict[str, Any]]:
     """``(eval model, checkpoint dict)`` of a train.py checkpoint or an export; pretrained_cfg: its preprocessing."""
     path = Path(path)
@@ -128,9 +139,12 @@ def create_model_from_checkpoint(path: str | os.PathLike, use_ema: bool = False)
     key = 'state_dict_ema' if use_ema else 'state_dict'
     if key not in ckpt:
         raise ValueError(f'{path} has no EMA weights (it was trained without model_ema): drop --use-ema')
+    state_dict = clean_state_dict(ckpt[key])
+    if 'num_classes' not in ckpt:
+        ckpt = dict(ckpt, num_classes=_classes_from_head(ckpt['arch'], state_dict, path))
     model = timm.create_model(ckpt['arch'], **dict(ckpt.get('model_args', {}), num_classes=ckpt['num_classes']))
     try:
-        model.load_state_dict(clean_state_dict(ckpt[key]))
+        model.load_state_dict(state_dict)
     except RuntimeError as e:
         raise ValueError(f'{path}: the weights do not fit {ckpt["arch"]}: {str(e).splitlines()[1].strip()}') from None
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in ckpt.get('data_config', {}).items()}
