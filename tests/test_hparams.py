@@ -137,6 +137,22 @@ def test_later_files_override_earlier_ones(tmp_path):
     assert (hp.model, hp.sched, hp.mixup) == ('resnet18d_tiny_bot', 'step', 0.1)
 
 
+@pytest.mark.parametrize('order', ['hparams first', 'help first'])
+def test_help_shows_the_recipes_values_as_defaults(capsys, tmp_path, order):
+    """Issue 23: `train.py --hparams X --help` is the resolved recipe; keys X leaves alone keep the built-in default."""
+    (tmp_path / 'row.yaml').write_text('epochs: 3\nmixup: 0.0\n')
+    argv = ['--hparams', 'hparams/cifar10.yaml', str(tmp_path / 'row.yaml')]
+    with pytest.raises(SystemExit) as e:
+        build_parser('train.py').parse_args(argv + ['--help'] if order == 'hparams first' else ['--help'] + argv)
+    out = ' '.join(capsys.readouterr().out.split())
+    assert e.value.code == 0
+    assert '--epochs VALUE training epochs (section 2: 120; mixup 200) (default: 3 from row.yaml)' in out
+    assert '(default: resnet18d_tiny_bot from cifar10.yaml)' in out and '(default: 0.0 from row.yaml)' in out
+    assert '(default: [0.35, 1.0] from cifar10.yaml)' in out and '(default: nag)' in out
+    assert 'resnet50d_bot' not in out
+    assert parse_overrides(['--hparams', 'hparams/cifar10.yaml', '--epochs', '3']) == {'epochs': 3}  # no --help
+
+
 def test_unknown_command_line_key_suggests_the_nearest():
     with pytest.raises(HparamsError, match="unknown key 'lr_bse': did you mean '--lr_base'"):
         build_parser().parse_args(['--lr_bse', '0.1'])

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import difflib
 import operator
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,9 +183,29 @@ class _Parser(argparse.ArgumentParser):
             raise _unknown_key(message.split(':', 1)[1].split()[0].lstrip('-').split('=')[0].replace('-', '_'), '--')
         raise HparamsError(f'hparams: {message}')
 
+    def parse_known_args(self, args: typing.Sequence[str] | None = None, namespace: Any = None) -> Any:
+        """``--help`` after (or before) ``--hparams FILES`` shows the files' values as the defaults."""
+        args = sys.argv[1:] if args is None else list(args)
+        if {'-h', '--help'} & {str(a) for a in args}:
+            pre = argparse.ArgumentParser(add_help=False)
+            pre.add_argument('--hparams', nargs='+', default=[])
+            for path in pre.parse_known_args([str(a) for a in args])[0].hparams:
+                for key, value in _read_yaml(Path(path)).items():
+                    if key not in _FIELDS:
+                        raise _unknown_key(key)
+                    _set_help(self, key, _coerce(key, value), Path(path).name)
+        return super().parse_known_args(args, namespace)
+
+
+def _set_help(parser: argparse.ArgumentParser, name: str, default: Any, source: str = '') -> None:
+    """The ``--help`` line of key ``name``: its meaning and its default (from file ``source``, if given)."""
+    action = next(a for a in parser._actions if a.dest == name)
+    action.help = f'{_FIELDS[name].metadata["help"]} (default: {default}{f" from {source}" if source else ""})'
+
 
 def build_parser(description: str = '') -> argparse.ArgumentParser:
-    """``--hparams``, ``--resume`` and one ``--key`` (also ``--key-with-dashes``) per :class:`TrainHparams` field."""
+    """``--hparams``, ``--resume`` and one ``--key`` (also ``--key-with-dashes``) per :class:`TrainHparams` field;
+    ``--hparams FILES --help`` shows the files' values as the defaults."""
     parser = _Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
                      allow_abbrev=False, usage='train.py [--hparams FILE.yaml ...] [--resume RUN] [--KEY VALUE ...]')
     parser.add_argument('--hparams', nargs='+', metavar='FILE.yaml',
@@ -196,8 +217,8 @@ def build_parser(description: str = '') -> argparse.ArgumentParser:
         flags = [f'--{name}'] + ([f'--{name.replace("_", "-")}'] if '_' in name else [])
         is_bool = _TYPES[name] is bool
         keys.add_argument(*flags, dest=name, metavar='true|false' if is_bool else 'VALUE', default=argparse.SUPPRESS,
-                          type=_yaml_value, nargs='?' if is_bool else None, const=True if is_bool else None,
-                          help=f'{f.metadata["help"]} (default: {default})')
+                          type=_yaml_value, nargs='?' if is_bool else None, const=True if is_bool else None)
+        _set_help(parser, name, default)
     return parser
 
 
