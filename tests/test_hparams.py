@@ -82,6 +82,7 @@ def test_override_wins_over_file(tmp_path):
     ({'opt': 'ngd'}, "opt='ngd' is not one of"),
     ({'data_dir': '/no/such/dir'}, 'data_dir'),
     ({'warmup_epochs': 200, 'epochs': 100}, 'warmup_epochs'),
+    ({'teacher_ema': True}, 'teacher_ema=True is invalid: expected false unless a teacher is set'),
     ({'decay_milestones': 1}, r'expected a list of int, e\.g\. \[30, 60\]'),  # issue 23 bug 3: an int example
     ({'sched': 'step', 'epochs': 20}, r'decay_milestones=\[30, 60, 90\] is invalid: expected epochs in 1\.\.19'),
     ({'sched': 'step', 'epochs': 20, 'decay_milestones': [10, 20]}, 'decay_milestones'),  # issue 23 bug 2

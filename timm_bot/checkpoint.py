@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import json
+import logging
 import os
 import pickle
 import uuid
@@ -16,7 +17,8 @@ import torch.nn as nn
 from timm.models import clean_state_dict, get_pretrained_cfg_value
 
 __all__ = ['UnsafeCheckpointError', 'save_checkpoint', 'load_checkpoint', 'create_model_from_checkpoint', 'fsync_path',
-           'resolve_architecture', 'create_pretrained_model']
+           'resolve_architecture', 'create_pretrained_model', 'resolve_checkpoint']
+_logger = logging.getLogger(__name__)
 DATA_KEYS = ('input_size', 'interpolation', 'mean', 'std', 'crop_pct', 'crop_mode')  # a checkpoint's data_config
 
 
@@ -121,9 +123,23 @@ def _classes_from_head(arch: str, state_dict: dict[str, torch.Tensor], path: Pat
     return weight.shape[0]
 
 
-def create_model_from_checkpoint(path: str | os.PathLike, use_ema: bool = False) -> tuple[nn.Module, dict[str, Any]]:
-    """``(eval model, checkpoint dict)`` of a train.py checkpoint or an export; pretrained_cfg: its preprocessing."""
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A train.py run folder means its ``model_best.pth.tar``; a checkpoint file or an export folder is itself."""
     path = Path(path)
+    if path.is_dir() and not (path / 'config.json').is_file():
+        if not (path / 'model_best.pth.tar').is_file():
+            raise FileNotFoundError(f'{path} is a folder with neither model_best.pth.tar (a train.py run) nor '
+                                    'config.json (an export): give a checkpoint file')
+        return path / 'model_best.pth.tar'
+    return path
+
+
+def create_model_from_checkpoint(path: str | os.PathLike, use_ema: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+    """``(eval model, checkpoint dict)`` of a train.py checkpoint, run folder (its model_best.pth.tar) or export;
+    pretrained_cfg: its preprocessing."""
+    path, given = resolve_checkpoint(path), Path(path)
+    if path != given:
+        _logger.info(f'{given} is a run folder: using its {path.name}')
     if path.is_dir() and (path / 'config.json').is_file():  # an export, read by timm's own local-dir: loader
         if use_ema:
             raise ValueError(f'{path} is an export folder: it holds one set of weights, drop --use-ema')

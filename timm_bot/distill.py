@@ -16,10 +16,18 @@ from .data import check_same_classes
 __all__ = ['DistillationLoss', 'load_teacher']
 
 
-def load_teacher(spec: str, num_classes: int, label_names: Sequence[str] | None = None) -> tuple[nn.Module, dict]:
-    """Section 5.3 teacher ``(frozen eval model, data config)``: checkpoint, export, hf-hub:/local-dir: or timm name."""
+def load_teacher(spec: str, num_classes: int, label_names: Sequence[str] | None = None,
+                 use_ema: bool = False) -> tuple[nn.Module, dict]:
+    """Section 5.3 teacher ``(frozen eval model, data config)``: a train.py checkpoint or run folder (its
+    model_best.pth.tar; ``use_ema``: its EMA weights), an export, ``hf-hub:``/``local-dir:`` or a timm name."""
     if os.path.exists(spec):
-        teacher, info = create_model_from_checkpoint(spec)
+        try:
+            teacher, info = create_model_from_checkpoint(spec, use_ema)
+        except ValueError as e:
+            raise ValueError(f'teacher {spec!r}: {e}'.replace('drop --use-ema', 'set teacher_ema: false')) from None
+    elif use_ema:
+        raise ValueError(f'teacher_ema: teacher {spec!r} is not a train.py checkpoint or run folder, which hold EMA '
+                         'weights: set teacher_ema: false')
     elif spec.startswith(('hf-hub:', 'local-dir:')) or timm.is_model_pretrained(spec):
         teacher = create_pretrained_model(spec)
         info = teacher.pretrained_cfg  # like a checkpoint, it may hold label_names

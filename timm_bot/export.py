@@ -20,7 +20,13 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from timm.models import model_entrypoint, save_for_hf
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from .checkpoint import create_model_from_checkpoint, fsync_path, load_checkpoint, resolve_architecture
+from .checkpoint import (
+    create_model_from_checkpoint,
+    fsync_path,
+    load_checkpoint,
+    resolve_architecture,
+    resolve_checkpoint,
+)
 
 __all__ = ['ExportError', 'HubPushError', 'check_repo_id', 'export_checkpoint', 'push_export_to_hub',
            'timm_architecture', 'main']
@@ -81,8 +87,10 @@ def _public(value: Any, key: str = '') -> Any:
         return value
     if key in ('model', 'teacher') and (value.startswith('local-dir:') or os.sep in value):
         path = Path(value.removeprefix('local-dir:')).expanduser()
-        with contextlib.suppress(OSError, ValueError, KeyError):  # a local model folder or checkpoint: its architecture
-            return resolve_architecture(f'local-dir:{path}')[0] if path.is_dir() else load_checkpoint(path)['arch']
+        with contextlib.suppress(OSError, ValueError, KeyError):  # export, run folder, checkpoint: its architecture
+            is_export = (path / 'config.json').is_file()
+            return resolve_architecture(f'local-dir:{path}')[0] if is_export else \
+                load_checkpoint(resolve_checkpoint(path))['arch']
     if key in ('model', 'teacher', 'data_dir') or os.path.isabs(value) or value.startswith('~'):
         return Path(value.removeprefix('local-dir:').rstrip('/\\')).name or value
     return value

@@ -77,8 +77,10 @@ class TrainHparams:
     smoothing_mode: str = _h('paper', "'paper' (eps/(K-1) per wrong class, 5.2) or 'uniform' (eps/K, timm/torch)",
                              choices=('paper', 'uniform'))
     mixup: float = _h(0.0, 'mixup Beta(alpha, alpha) alpha (section 5.4: 0.2); 0 disables', ge=0)
-    teacher: str | None = _h(None, 'distillation teacher (5.3): timm name, hf-hub:/local-dir:, or a checkpoint')
+    teacher: str | None = _h(None, 'distillation teacher (5.3): timm name, hf-hub:/local-dir:, a checkpoint or a run '
+                                   'folder (its model_best.pth.tar)')
     temperature: float = _h(20.0, 'distillation temperature T (section 5.3)', gt=0)
+    teacher_ema: bool = _h(False, "distill from the EMA weights of a train.py teacher (checkpoint or run folder)")
     amp: bool = _h(False, 'mixed precision (section 3.2)')
     amp_dtype: str = _h('float16', "'float16' (with loss scaling) or 'bfloat16'", choices=('float16', 'bfloat16'))
     channels_last: bool = _h(False, 'channels-last memory format')
@@ -123,6 +125,7 @@ class TrainHparams:
               f'epochs in 1..{self.epochs - 1} (epochs={self.epochs}: a later decay never happens; lower them, or '
               'raise epochs)')
         check('export_ema', self.model_ema or not self.export_ema, 'false unless model_ema is true')
+        check('teacher_ema', self.teacher is not None or not self.teacher_ema, 'false unless a teacher is set')
         if self.data_dir != 'digits':
             check('data_dir', Path(self.data_dir).exists(), "an existing folder or .tar, or 'digits' (embedded)")
         return self
