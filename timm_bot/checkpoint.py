@@ -8,6 +8,7 @@ import logging
 import os
 import pickle
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ import torch.nn as nn
 from timm.models import clean_state_dict, get_pretrained_cfg_value
 
 __all__ = ['UnsafeCheckpointError', 'save_checkpoint', 'load_checkpoint', 'create_model_from_checkpoint', 'fsync_path',
-           'resolve_architecture', 'create_pretrained_model', 'resolve_checkpoint']
+           'resolve_architecture', 'create_pretrained_model', 'resolve_checkpoint',
+           'check_hub_files']
 _logger = logging.getLogger(__name__)
 DATA_KEYS = ('input_size', 'interpolation', 'mean', 'std', 'crop_pct', 'crop_mode')  # a checkpoint's data_config
 
@@ -95,21 +97,49 @@ def resolve_architecture(model_name: str) -> tuple[str, dict[str, Any], str | No
     else:
         from huggingface_hub import hf_hub_download
         repo_id, _, revision = model_name[len('hf-hub:'):].partition('@')
+        check_hub_files(repo_id, revision or None, ('config.json',), f'model {model_name}', 'model')
         config_file = Path(hf_hub_download(repo_id, 'config.json', revision=revision or None))
     config = json.loads(config_file.read_text())
     model_args = {k: v for k, v in (config.get('model_args') or {}).items() if k != 'num_classes'}  # a new head
     return config['architecture'], model_args, model_name
 
 
-def create_pretrained_model(name: str, **kwargs: Any) -> nn.Module:
-    """``timm.create_model(name, pretrained=True)``; missing weights: one line naming where, and the offline fixes."""
+def check_hub_files(repo_id: str, revision: str | None, filenames: Sequence[str], what: str, key: str) -> None:
+    """One line at once when none of ``filenames`` of Hub repo ``repo_id`` is cached and the Hub cannot be reached
+    (huggingface_hub would retry each file for ~25 s first); ``key``: the hparam whose fix to name."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+    from huggingface_hub.errors import HfHubHTTPError
+    if any(isinstance(try_to_load_from_cache(repo_id, f, revision=revision), str) for f in filenames):
+        return
+    try:
+        get_hf_file_metadata(hf_hub_url(repo_id, filenames[0], revision=revision))  # one request, no retries
+    except HfHubHTTPError:
+        return  # the Hub answered: the download itself reports anything else
+    except Exception as e:  # no network, DNS, proxy, HF_HUB_OFFLINE=1
+        raise ValueError(f'{what}: {repo_id} is not in the Hugging Face cache and the Hub cannot be reached '
+                         f'({type(e).__name__}). Offline: download it once where there is network and set '
+                         f'HF_HUB_OFFLINE=1, or use a copy as {key}: local-dir:PATH') from None
+
+
+def create_pretrained_model(name: str, key: str = 'model', **kwargs: Any) -> nn.Module:
+    """``timm.create_model(name, pretrained=True)``; weights that are nowhere, or neither cached nor reachable, fail at
+    once in one line naming where and the fix for hparam ``key`` (``'model'`` or ``'teacher'``)."""
+    if ':' not in name and not timm.is_model_pretrained(name):
+        raise ValueError(f'{key} {name!r} has no pretrained weights anywhere (timm registers none for it): train it '
+                         'from scratch (pretrained: false), or pick a model of timm.list_pretrained()')
+    hub_id = name[len('hf-hub:'):] if name.startswith('hf-hub:') else \
+        None if ':' in name else timm.models.get_pretrained_cfg(name).hf_hub_id
+    if hub_id:
+        repo_id, _, revision = hub_id.partition('@')
+        check_hub_files(repo_id, revision or None, ('model.safetensors', 'pytorch_model.bin'),
+                        f'the pretrained weights of {key} {name}', key)
     try:
         return timm.create_model(name, pretrained=True, **kwargs)
     except (OSError, RuntimeError, ValueError) as e:
-        hub_id = None if ':' in name else getattr(timm.models.get_pretrained_cfg(name), 'hf_hub_id', None)
-        raise ValueError(f'pretrained weights of {name} could not be loaded from {hub_id or name} ({type(e).__name__}: '
-                         f'{str(e).strip()}'.splitlines()[0] + '). Offline: put them in the Hugging Face cache and '
-                         'set HF_HUB_OFFLINE=1, or use a copy as model: local-dir:PATH') from None
+        why = f'{type(e).__name__}: {str(e).strip()}'.splitlines()[0]
+        raise ValueError(f'pretrained weights of {key} {name} could not be loaded from {hub_id or name} ({why}). '
+                         'Offline: put them in the Hugging Face cache and set HF_HUB_OFFLINE=1, or use a copy as '
+                         f'{key}: local-dir:PATH') from None
 
 
 def _classes_from_head(arch: str, state_dict: dict[str, torch.Tensor], path: Path) -> int:

@@ -29,7 +29,7 @@ def load_teacher(spec: str, num_classes: int, label_names: Sequence[str] | None 
         raise ValueError(f'teacher_ema: teacher {spec!r} is not a train.py checkpoint or run folder, which hold EMA '
                          'weights: set teacher_ema: false')
     elif spec.startswith(('hf-hub:', 'local-dir:')) or timm.is_model_pretrained(spec):
-        teacher = create_pretrained_model(spec)
+        teacher = create_pretrained_model(spec, key='teacher')
         info = teacher.pretrained_cfg  # like a checkpoint, it may hold label_names
     elif timm.is_model(spec):
         warnings.warn(f'teacher {spec!r} has no pretrained weights: distilling from a random teacher '
