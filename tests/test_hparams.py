@@ -34,6 +34,14 @@ def test_every_recipe_loads(path, tmp_path):
         assert hp.img_size == 299  # the paper's input size for Inception-V3
 
 
+@pytest.mark.parametrize('recipe', ['cifar10', 'imagenet_baseline'])
+def test_recipes_need_the_users_data_dir(recipe):
+    """Issue 23: a shipped recipe points at no folder of this repository's layout: without --data_dir, one line."""
+    with pytest.raises(HparamsError, match=r"data_dir='/path/to/\w+' is invalid: .*give it with --data_dir PATH\.$"):
+        load_hparams(f'hparams/{recipe}.yaml')
+    assert 'shared' not in Path(f'hparams/{recipe}.yaml').read_text()
+
+
 def test_paper_recipes_have_the_papers_settings():
     baseline = load_hparams('hparams/imagenet_baseline.yaml', {'data_dir': '.'})
     assert (baseline.model, baseline.opt, baseline.lr, baseline.sched, baseline.epochs) == \

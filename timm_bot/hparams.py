@@ -127,7 +127,8 @@ class TrainHparams:
         check('export_ema', self.model_ema or not self.export_ema, 'false unless model_ema is true')
         check('teacher_ema', self.teacher is not None or not self.teacher_ema, 'false unless a teacher is set')
         if self.data_dir != 'digits':
-            check('data_dir', Path(self.data_dir).exists(), "an existing folder or .tar, or 'digits' (embedded)")
+            check('data_dir', Path(self.data_dir).exists(),
+                  "an existing folder or .tar, or 'digits' (embedded); give it with --data_dir PATH")
         return self
 
 
