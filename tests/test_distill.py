@@ -101,6 +101,24 @@ def test_teacher_gets_renormalized_inputs():
     torch.testing.assert_close(teacher.inputs[0] * view(TEACHER_STD) + view(TEACHER_MEAN), x * view(STD) + view(MEAN))
 
 
+def test_keyword_arguments_and_paper_defaults():
+    """Issue 23: DistillationLoss(teacher) alone is T = 20 on the paper's label smoothing (0.1), the inputs passed to
+    the teacher unchanged; normalizations by keyword, a side left out being the other side's."""
+    x, y, z = _batch()
+    teacher = Recorder()
+    loss_fn = DistillationLoss(teacher)
+    assert loss_fn.temperature == 20.0 and loss_fn.base_loss.smoothing == 0.1 and loss_fn.base_loss.mode == 'paper'
+    torch.testing.assert_close(loss_fn(z, x, y), _loss_fn(teacher)(z, x, y), rtol=0, atol=0)
+    assert torch.equal(teacher.inputs[0], x) and torch.equal(teacher.inputs[1], x)
+    DistillationLoss(teacher, student_mean=MEAN, student_std=STD)(z, x, y)
+    assert torch.equal(teacher.inputs[2], x)  # only the student's given: nothing to convert
+    DistillationLoss(teacher, temperature=4.0, student_mean=MEAN, student_std=STD, teacher_mean=TEACHER_MEAN,
+                     teacher_std=TEACHER_STD)(z, x, y)
+    _loss_fn(teacher, 4.0, TEACHER_MEAN, TEACHER_STD)(z, x, y)
+    torch.testing.assert_close(teacher.inputs[3], teacher.inputs[4], rtol=0, atol=0)
+    assert not torch.allclose(teacher.inputs[3], x)
+
+
 def _save_teacher(path, label_names=LABELS, **extra):
     torch.manual_seed(0)
     model = timm.create_model(ARCH, num_classes=len(label_names), **NARROW).eval()

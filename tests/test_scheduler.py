@@ -89,6 +89,27 @@ def test_resume_from_state_dict(sched_name):
     assert opt_b.param_groups[0]['lr'] == opt_a.param_groups[0]['lr']
 
 
+@pytest.mark.parametrize('sched_name, milestones', [('cosine', ()), ('step', (2, 4))])
+def test_torch_lr_scheduler_protocol(sched_name, milestones):
+    """as_lr_scheduler(): torch's LambdaLR, step() after every optimizer step, gives the same lrs as step_update;
+    step() on the timm scheduler itself says how to use it instead of timm's missing-epoch TypeError."""
+    epochs, per_epoch, warmup = 6, 3, 1
+    opt = _optimizer()
+    sched = create_paper_scheduler(opt, sched_name, epochs, per_epoch, warmup, decay_milestones=milestones)
+    with pytest.raises(TypeError, match=r'sets the lr per update: call step_update\(num_updates=.*as_lr_scheduler'):
+        sched.step()
+    torch_sched = sched.as_lr_scheduler()
+    assert isinstance(torch_sched, torch.optim.lr_scheduler.LRScheduler)
+    lrs = []
+    for _ in range(epochs * per_epoch):
+        assert opt.param_groups[0]['lr'] == opt.param_groups[1]['lr']
+        lrs.append(opt.param_groups[0]['lr'])
+        opt.step()
+        torch_sched.step()
+    expected = _expected(warmup * per_epoch, epochs * per_epoch, per_epoch, milestones or None)
+    torch.testing.assert_close(torch.tensor(lrs, dtype=torch.float64), expected, rtol=1e-9, atol=1e-12)
+
+
 def test_invalid_arguments_and_why_timm_is_subclassed():
     opt = _optimizer()
     with pytest.raises(ValueError):
