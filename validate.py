@@ -2,11 +2,14 @@
 """Evaluate a train.py checkpoint, an export folder or a timm model with its own eval preprocessing (paper section 2).
 
     python validate.py --checkpoint output/train/RUN/model_best.pth.tar --data-dir digits [--use-ema]
+    python validate.py --checkpoint output/train/RUN --data-dir digits              # a run: its model_best.pth.tar
     python validate.py --checkpoint output/train/RUN/export --data-dir digits       # an export folder
     python validate.py --model resnet50d --data-dir /data/imagenet                  # timm's pretrained weights
 
-Writes JSON results (default: validate-<checkpoint>[-ema]-<split>.json beside the checkpoint). Exit codes: 0 ok,
-2 bad input (one `error:` line on stderr, before any work), 130 interrupted. Options also take `_` for `-`.
+Writes JSON results (default: validate-<checkpoint>[-ema]-<data>-<split>[-<N>px][-crop<P>].json beside the
+checkpoint, or in output/validate/ for --model; -<N>px and -crop<P> when --img-size / --crop-pct are given).
+Exit codes: 0 ok, 2 bad input (one `error:` line on stderr, before any work), 130 interrupted. Options also take
+`_` for `-`.
 """
 import argparse
 import json
@@ -22,7 +25,12 @@ from tqdm import tqdm
 
 import timm_bot  # noqa: F401  (registers the _bot models)
 from timm_bot.amp import create_amp
-from timm_bot.checkpoint import create_model_from_checkpoint, create_pretrained_model, resolve_architecture
+from timm_bot.checkpoint import (
+    create_model_from_checkpoint,
+    create_pretrained_model,
+    resolve_architecture,
+    resolve_checkpoint,
+)
 from timm_bot.data import check_same_classes, collate_skip_bad, create_image_dataset
 from timm_bot.distributed import resolve_device
 from timm_bot.evaluate import evaluate
@@ -36,7 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.add_argument(*dict.fromkeys((f'--{name}', f'--{name.replace("-", "_")}')), **kwargs)
 
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument('--checkpoint', default='', help='train.py checkpoint or export folder')
+    source.add_argument('--checkpoint', default='', help='train.py checkpoint, run folder (its model_best.pth.tar) '
+                        'or export folder')
     source.add_argument('--model', default='', help='timm model name, hf-hub:ORG/NAME or local-dir:PATH')
     opt('use-ema', action='store_true', help="evaluate the checkpoint's EMA weights")
     opt('data-dir', required=True, help="'digits', a folder with SPLIT/ or SPLIT.tar, or a .tar of class folders")
@@ -48,7 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     opt('skip-bad-images', action='store_true', help='skip unreadable images (counted) instead of failing')
     opt('amp', action='store_true', help='bfloat16 autocast')
     opt('device', default='auto', help='auto, cpu, cuda, cuda:N or mps')
-    opt('results-file', type=Path, help='JSON results path')
+    opt('results-file', type=Path, help='JSON results path (default: named after the checkpoint or model, the data, '
+        'the split and any --img-size/--crop-pct; beside the checkpoint, or in output/validate/ for --model)')
     opt('log-interval', type=int, default=50, help='progress line every N batches when stderr is not a terminal')
     return parser.parse_args(argv)
 
@@ -64,10 +74,17 @@ def check_args(args: argparse.Namespace) -> tuple[torch.device, Path]:
         resolve_architecture(args.model)  # a ValueError naming close names for an unknown one
     if args.results_file and not args.results_file.parent.is_dir():
         raise ValueError(f'--results-file {args.results_file}: folder {args.results_file.parent} does not exist')
-    ckpt = Path(args.checkpoint)  # Path(''): the current folder
-    stem = re.sub(r'(\.pth)?\.(tar|pt|pth|safetensors)$', '', ckpt.name) or args.model
-    stem = re.sub(r'[^\w.-]+', '_', stem) + ('-ema' if args.use_ema else '')
-    return resolve_device(args.device), args.results_file or ckpt.parent / f'validate-{stem}-{args.split}.json'
+    device = resolve_device(args.device)
+    if args.results_file:
+        return device, args.results_file
+    ckpt = resolve_checkpoint(args.checkpoint) if args.checkpoint else None
+    folder = ckpt.parent if ckpt else Path('output', 'validate')
+    data = 'digits' if args.data_dir == 'digits' else Path(args.data_dir).resolve().name.removesuffix('.tar')
+    parts = [re.sub(r'(\.pth)?\.(tar|pt|pth|safetensors)$', '', ckpt.name) if ckpt else args.model,
+             'ema' if args.use_ema else '', data, args.split, f'{args.img_size}px' if args.img_size else '',
+             f'crop{args.crop_pct:g}' if args.crop_pct else '']  # other data or sizes: another file
+    name = re.sub(r'[^\w.-]+', '_', '-'.join(p for p in parts if p))
+    return device, folder / f'validate-{name}.json'
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     device, results_file = check_args(args)
     model, ckpt = create_model_from_checkpoint(args.checkpoint, args.use_ema) if args.checkpoint else (None, {})
+    checkpoint = str(resolve_checkpoint(args.checkpoint)) if args.checkpoint else None
     logging.info(f'validate.py on {device}: {args.checkpoint or args.model}{" (EMA)" if args.use_ema else ""}, '
                  f'{args.data_dir} [{args.split}]')
     dataset = create_image_dataset(args.data_dir, args.split, skip_bad_images=args.skip_bad_images)
@@ -95,9 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     loader = tqdm(loader, desc='validate', leave=False, dynamic_ncols=True) if tty else loader
     autocast = create_amp(device, args.amp, 'bfloat16')[0]
     metrics = evaluate(model.to(device), loader, device, autocast, log_interval=0 if tty else args.log_interval)
-    results = {'model': ckpt.get('arch', args.model), 'checkpoint': args.checkpoint or None, 'use_ema': args.use_ema,
+    results = {'model': ckpt.get('arch', args.model), 'checkpoint': checkpoint, 'use_ema': args.use_ema,
                'data_dir': str(args.data_dir), 'split': args.split, 'device': str(device), **metrics,
                'img_size': data_config['input_size'][-1], 'crop_pct': data_config['crop_pct']}
+    results_file.parent.mkdir(parents=True, exist_ok=True)  # output/validate/ for --model
     results_file.write_text(json.dumps(results, indent=2) + '\n')
     print(f'top-1 {metrics["top1"]:.3f}%  top-5 {metrics["top5"]:.3f}%  loss {metrics["loss"]:.4f}  '
           f'({metrics["count"]} images) -> {results_file}')

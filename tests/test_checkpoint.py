@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import timm
@@ -132,3 +133,34 @@ def test_export_folder_is_a_checkpoint(tmp_path):
     rebuilt, ckpt = create_model_from_checkpoint(tmp_path / 'export')
     x = torch.randn(1, 3, 64, 64)
     assert torch.equal(rebuilt(x), model(x)) and ckpt['label_names'] == ['a', 'b', 'c'] and ckpt['num_classes'] == 3
+
+
+UNREACHABLE_HUB = '''
+import logging, sys
+logging.basicConfig(level=logging.INFO, format='%(message)s')  # as train.py: any retry line would show
+import timm_bot
+from timm_bot.checkpoint import create_pretrained_model, resolve_architecture
+for load in (lambda: timm_bot.load_teacher('resnet50d_bot', 10), lambda: create_pretrained_model('resnet50d_bot'),
+             lambda: resolve_architecture('hf-hub:someone/foo'), lambda: create_pretrained_model('resnet18d_tiny_bot')):
+    try:
+        load()
+    except ValueError as e:
+        print('error:', e)
+'''
+
+
+def test_weights_neither_cached_nor_reachable_fail_at_once(tmp_path):
+    """Issue 23: no network, HF_HUB_OFFLINE unset, empty cache: one line naming the Hub id and the fix for the right key
+    (no huggingface_hub retries, which took ~50 s and printed each line twice); a model with no weights says so."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(('HF_', 'HUGGING_FACE'))}
+    env.update(HF_HOME=str(tmp_path / 'hf'), HF_ENDPOINT='http://127.0.0.1:9', OMP_NUM_THREADS='1')  # refused at once
+    p = subprocess.run([sys.executable, '-c', UNREACHABLE_HUB], env=env, capture_output=True, text=True, timeout=300,
+                       cwd=Path(__file__).parents[1])
+    lines = (p.stdout + p.stderr).strip().splitlines()
+    assert p.returncode == 0 and len(lines) == 4 and all(line.startswith('error: ') for line in lines), lines
+    for line, key, hub_id in zip(lines, ('teacher', 'model', 'model'), ('timm/resnet50d.gluon_in1k',) * 2 +
+                                 ('someone/foo',)):
+        assert f'{hub_id} is not in the Hugging Face cache and the Hub cannot be reached' in line, line
+        assert f'use a copy as {key}: local-dir:PATH' in line and 'HF_HUB_OFFLINE=1' in line, line
+    assert "model 'resnet18d_tiny_bot' has no pretrained weights anywhere" in lines[3]
+    assert 'pretrained: false' in lines[3] and 'Hugging Face cache' not in lines[3]

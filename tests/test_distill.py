@@ -101,6 +101,24 @@ def test_teacher_gets_renormalized_inputs():
     torch.testing.assert_close(teacher.inputs[0] * view(TEACHER_STD) + view(TEACHER_MEAN), x * view(STD) + view(MEAN))
 
 
+def test_keyword_arguments_and_paper_defaults():
+    """Issue 23: DistillationLoss(teacher) alone is T = 20 on the paper's label smoothing (0.1), the inputs passed to
+    the teacher unchanged; normalizations by keyword, a side left out being the other side's."""
+    x, y, z = _batch()
+    teacher = Recorder()
+    loss_fn = DistillationLoss(teacher)
+    assert loss_fn.temperature == 20.0 and loss_fn.base_loss.smoothing == 0.1 and loss_fn.base_loss.mode == 'paper'
+    torch.testing.assert_close(loss_fn(z, x, y), _loss_fn(teacher)(z, x, y), rtol=0, atol=0)
+    assert torch.equal(teacher.inputs[0], x) and torch.equal(teacher.inputs[1], x)
+    DistillationLoss(teacher, student_mean=MEAN, student_std=STD)(z, x, y)
+    assert torch.equal(teacher.inputs[2], x)  # only the student's given: nothing to convert
+    DistillationLoss(teacher, temperature=4.0, student_mean=MEAN, student_std=STD, teacher_mean=TEACHER_MEAN,
+                     teacher_std=TEACHER_STD)(z, x, y)
+    _loss_fn(teacher, 4.0, TEACHER_MEAN, TEACHER_STD)(z, x, y)
+    torch.testing.assert_close(teacher.inputs[3], teacher.inputs[4], rtol=0, atol=0)
+    assert not torch.allclose(teacher.inputs[3], x)
+
+
 def _save_teacher(path, label_names=LABELS, **extra):
     torch.manual_seed(0)
     model = timm.create_model(ARCH, num_classes=len(label_names), **NARROW).eval()
@@ -129,6 +147,28 @@ def test_load_teacher_from_checkpoint(tmp_path):
     assert '\n' not in str(e.value)
     with pytest.raises(ValueError, match='same names, other order'):
         load_teacher(str(path), num_classes=5, label_names=LABELS[::-1])
+
+
+def test_load_teacher_from_run_folder_and_its_ema(tmp_path, caplog):
+    """Issue 23: a run folder means its model_best.pth.tar (logged); teacher_ema takes its EMA weights."""
+    weights = _save_teacher(tmp_path / 'x.pth').state_dict()
+    ema = {k: v + 0.1 if v.is_floating_point() else v for k, v in weights.items()}
+    model = _save_teacher(tmp_path / 'run' / 'model_best.pth.tar', state_dict_ema=ema)
+    x = torch.randn(2, 3, 32, 32)
+    with caplog.at_level('INFO'):
+        teacher, _ = load_teacher(str(tmp_path / 'run'), num_classes=5, label_names=LABELS)
+    assert f"{tmp_path / 'run'} is a run folder: using its model_best.pth.tar" in caplog.text
+    torch.testing.assert_close(teacher(x), model(x), rtol=0, atol=0)
+    ema_teacher, _ = load_teacher(str(tmp_path / 'run'), num_classes=5, use_ema=True)
+    model.load_state_dict(ema)
+    torch.testing.assert_close(ema_teacher(x), model(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"teacher '.*x\.pth': .* has no EMA weights .*: set teacher_ema: false$"):
+        load_teacher(str(tmp_path / 'x.pth'), num_classes=5, use_ema=True)
+    with pytest.raises(ValueError, match="teacher_ema: teacher 'resnet18d_tiny_bot' is not a train.py checkpoint"):
+        load_teacher('resnet18d_tiny_bot', num_classes=5, use_ema=True)
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(FileNotFoundError, match='neither model_best.pth.tar .* nor config.json'):
+        load_teacher(str(tmp_path / 'empty'), num_classes=5)
 
 
 def test_load_teacher_from_export_folder_and_local_dir(tmp_path):

@@ -150,6 +150,38 @@ def test_round_trip_local_dir(tmp_path: Path):
     assert (resolved['crop_pct'], resolved['interpolation']) == (1.0, 'bilinear')
 
 
+def test_checkpoint_from_ones_own_loop(tmp_path: Path, capsys: pytest.CaptureFixture):
+    """Issue 23 bug 4: {'state_dict', 'arch'} from one's own loop exports (the classifier tells the class count);
+    without a classifier to read it from: one line, exit 2, nothing written."""
+    model = timm.create_model('resnet18d_tiny_bot', num_classes=7).eval()
+    timm_bot.save_checkpoint({'state_dict': model.state_dict(), 'arch': 'resnet18d_tiny_bot'}, tmp_path / 'own.pth')
+    assert export_mod.main([str(tmp_path / 'own.pth'), str(tmp_path / 'out')]) == 0
+    loaded = timm.create_model(f'local-dir:{tmp_path / "out"}', pretrained=True)
+    assert loaded.num_classes == 7 and torch.equal(logits(loaded), logits(model))
+    assert '**Classes:** 7' in (tmp_path / 'out' / 'README.md').read_text()
+    model.reset_classifier(0)
+    timm_bot.save_checkpoint({'state_dict': model.state_dict(), 'arch': 'resnet18d_tiny_bot'}, tmp_path / 'bare.pth')
+    capsys.readouterr()
+    assert export_mod.main([str(tmp_path / 'bare.pth'), str(tmp_path / 'bare')]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and "no 'num_classes'" in err and 'fc.weight' in err, err
+    assert not (tmp_path / 'bare').exists()
+
+
+def test_ema_export_card_rows_are_the_ema_weights(tmp_path: Path):
+    """Issue 23: with use_ema every row of the card (exported, best, final epoch) is the EMA weights', whose best
+    epoch here differs from the raw model's."""
+    ckpt = make_run(tmp_path / 'run', ema=True)  # saved after epoch 2 (the raw model's best)
+    (tmp_path / 'run' / 'summary.csv').unlink()
+    for epoch, top1, ema_top1 in ((0, 50.0, 40.0), (1, 62.5, 45.0), (2, 60.0, 70.0)):
+        timm.utils.update_summary(epoch, {'loss': 1.0}, {'loss': 1.5, 'top1': top1, 'top5': 90.0, 'ema_loss': 0.5,
+                                                         'ema_top1': ema_top1, 'ema_top5': 99.0},
+                                  tmp_path / 'run' / 'summary.csv', lr=0.1, write_header=epoch == 0)
+    card = (export_checkpoint(ckpt, tmp_path / 'out', use_ema=True) / 'README.md').read_text()
+    assert '| exported weights | 2 | 45.00 | 99.00 | 0.5000 |' in card
+    assert '| best epoch | 3 | 70.00 | 99.00 | 0.5000 |' in card and '62.50' not in card
+
+
 def test_export_ema_weights(tmp_path: Path):
     ckpt = make_run(tmp_path / 'run', ema=True)
     out = export_checkpoint(ckpt, tmp_path / 'out', use_ema=True)
@@ -225,7 +257,7 @@ def test_card_front_matter_and_no_local_paths(tmp_path: Path, monkeypatch: pytes
             assert private.encode() not in data, (f.name, private)
     card = ModelCard.load(out / 'README.md')
     data = card.data
-    assert data.library_name == 'timm' and data.license == 'apache-2.0' and data.datasets == ['inet20']
+    assert data.library_name == 'timm' and data.license == 'apache-2.0' and data.datasets is None  # not a Hub id
     assert {'image-classification', 'timm'} <= set(data.tags) and data.base_model is None
     top = {r.metric_type: r for r in data.eval_results}  # the model-index: the epoch whose weights were saved
     assert top['accuracy'].metric_value == 62.5 and top['top_5_accuracy'].metric_value == 96.25
@@ -240,7 +272,7 @@ def test_card_front_matter_and_no_local_paths(tmp_path: Path, monkeypatch: pytes
 @pytest.mark.parametrize('hub', [False, True])
 def test_fine_tune_exports_after_its_source_is_gone(tmp_path: Path, hub: bool):
     """A fine-tune of an export records the resolved architecture; it exports once the source is deleted, and its
-    card names the base model by Hub id or folder name, never by path."""
+    card names the base model by Hub id or folder name, never by path (front matter: Hub ids only)."""
     export_checkpoint(make_run(tmp_path / 'run'), tmp_path / 'models' / 'foo')
     source = f'local-dir:{(tmp_path / "models" / "foo").resolve()}'
     arch, model_args, _ = resolve_architecture(source)
@@ -252,7 +284,8 @@ def test_fine_tune_exports_after_its_source_is_gone(tmp_path: Path, hub: bool):
     assert torch.equal(logits(timm.create_model(f'local-dir:{out}', pretrained=True)),
                        logits(create_model_from_checkpoint(ckpt)[0]))
     card = ModelCard.load(out / 'README.md')
-    assert card.data.base_model == ('someone/foo' if hub else 'foo')
+    assert card.data.base_model == ('someone/foo' if hub else None)  # issue 23: a folder name is not a Hub id
+    assert f"Fine-tuned from `{'someone/foo' if hub else 'foo'}`." in card.text and 'datasets' not in card.content
     assert str(tmp_path).encode() not in b''.join(f.read_bytes() for f in out.iterdir())
 
 

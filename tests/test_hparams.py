@@ -34,6 +34,14 @@ def test_every_recipe_loads(path, tmp_path):
         assert hp.img_size == 299  # the paper's input size for Inception-V3
 
 
+@pytest.mark.parametrize('recipe', ['cifar10', 'imagenet_baseline'])
+def test_recipes_need_the_users_data_dir(recipe):
+    """Issue 23: a shipped recipe points at no folder of this repository's layout: without --data_dir, one line."""
+    with pytest.raises(HparamsError, match=r"data_dir='/path/to/\w+' is invalid: .*give it with --data_dir PATH\.$"):
+        load_hparams(f'hparams/{recipe}.yaml')
+    assert 'shared' not in Path(f'hparams/{recipe}.yaml').read_text()
+
+
 def test_paper_recipes_have_the_papers_settings():
     baseline = load_hparams('hparams/imagenet_baseline.yaml', {'data_dir': '.'})
     assert (baseline.model, baseline.opt, baseline.lr, baseline.sched, baseline.epochs) == \
@@ -82,11 +90,27 @@ def test_override_wins_over_file(tmp_path):
     ({'opt': 'ngd'}, "opt='ngd' is not one of"),
     ({'data_dir': '/no/such/dir'}, 'data_dir'),
     ({'warmup_epochs': 200, 'epochs': 100}, 'warmup_epochs'),
+    ({'teacher_ema': True}, 'teacher_ema=True is invalid: expected false unless a teacher is set'),
+    ({'decay_milestones': 1}, r'expected a list of int, e\.g\. \[30, 60\]'),  # issue 23 bug 3: an int example
+    ({'sched': 'step', 'epochs': 20}, r'decay_milestones=\[30, 60, 90\] is invalid: expected epochs in 1\.\.19'),
+    ({'sched': 'step', 'epochs': 20, 'decay_milestones': [10, 20]}, 'decay_milestones'),  # issue 23 bug 2
 ])
 def test_bad_values_name_the_key(overrides, match):
     with pytest.raises(HparamsError, match=match) as err:
         load_hparams(None, overrides)
     assert '\n' not in str(err.value)
+
+
+def test_step_decay_milestones_within_the_run():
+    """Issue 23 bug 2: a step-decay milestone at or past `epochs` never decays; cosine ignores the milestones."""
+    with pytest.raises(HparamsError, match='decay_milestones'):
+        load_hparams('hparams/imagenet_baseline.yaml', {'data_dir': '.', 'epochs': 20})
+    assert load_hparams(None, {'sched': 'cosine', 'epochs': 20}).decay_milestones == [30, 60, 90]
+    assert load_hparams(None, {'sched': 'step', 'epochs': 20, 'decay_milestones': [5, 19]}).epochs == 20
+    assert load_hparams(None, {'sched': 'step', 'epochs': 20, 'decay_milestones': []}).decay_milestones == []
+    with pytest.raises(HparamsError, match='expected a list of int, e.g. \\[30, 60\\]'):
+        load_hparams(None, parse_overrides(['--decay_milestones', '1']))
+    assert parse_overrides(['--decay_milestones', '[30, 60]'])['decay_milestones'] == [30, 60]  # the hint works
 
 
 def test_bad_files(tmp_path):
@@ -117,9 +141,25 @@ def test_exponent_floats_without_dot(tmp_path):
 
 
 def test_later_files_override_earlier_ones(tmp_path):
-    (tmp_path / 'row.yaml').write_text('sched: step\nmixup: 0.2\n')
+    (tmp_path / 'row.yaml').write_text('sched: step\ndecay_milestones: [10, 15]\nmixup: 0.2\n')
     hp = load_hparams(['hparams/quickstart.yaml', tmp_path / 'row.yaml'], {'mixup': 0.1})
     assert (hp.model, hp.sched, hp.mixup) == ('resnet18d_tiny_bot', 'step', 0.1)
+
+
+@pytest.mark.parametrize('order', ['hparams first', 'help first'])
+def test_help_shows_the_recipes_values_as_defaults(capsys, tmp_path, order):
+    """Issue 23: `train.py --hparams X --help` is the resolved recipe; keys X leaves alone keep the built-in default."""
+    (tmp_path / 'row.yaml').write_text('epochs: 3\nmixup: 0.0\n')
+    argv = ['--hparams', 'hparams/cifar10.yaml', str(tmp_path / 'row.yaml')]
+    with pytest.raises(SystemExit) as e:
+        build_parser('train.py').parse_args(argv + ['--help'] if order == 'hparams first' else ['--help'] + argv)
+    out = ' '.join(capsys.readouterr().out.split())
+    assert e.value.code == 0
+    assert '--epochs VALUE training epochs (section 2: 120; mixup 200) (default: 3 from row.yaml)' in out
+    assert '(default: resnet18d_tiny_bot from cifar10.yaml)' in out and '(default: 0.0 from row.yaml)' in out
+    assert '(default: [0.35, 1.0] from cifar10.yaml)' in out and '(default: nag)' in out
+    assert 'resnet50d_bot' not in out
+    assert parse_overrides(['--hparams', 'hparams/cifar10.yaml', '--epochs', '3']) == {'epochs': 3}  # no --help
 
 
 def test_unknown_command_line_key_suggests_the_nearest():

@@ -48,7 +48,16 @@ def test_reproducible_from_torch_rng_state():
     assert m_next.lam != m1.lam and not torch.equal(m_next.target_b, m1.target_b)  # a new pairing each batch
 
 
-@pytest.mark.parametrize('alpha', [0.0, -1.0, float('nan')])
+@pytest.mark.parametrize('alpha', [-1.0, float('nan')])
 def test_invalid_alpha(alpha):
     with pytest.raises(ValueError, match='alpha'):
         BatchMixup(alpha)
+
+
+def test_alpha_zero_is_off():
+    """Issue 23: BatchMixup(0), the YAML's `mixup: 0`, is the identity with lam 1 (no RNG drawn), not an error."""
+    x, target = torch.randn(4, 3), torch.tensor([3, 1, 4, 1])
+    state = torch.get_rng_state()
+    x_out, mixed = BatchMixup(0)(x, target)
+    assert x_out is x and mixed.lam == 1.0 and torch.equal(mixed.target_a, target)
+    assert torch.equal(mixed.target_b, target) and torch.equal(torch.get_rng_state(), state)

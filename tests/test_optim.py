@@ -84,7 +84,8 @@ def test_linear_scaling():
     """Section 3.1: 0.1 x b / 256; the paper's batch 1024 gives 0.4."""
     assert resolve_lr(None, 1024)[0] == pytest.approx(0.4)
     assert resolve_lr(None, 128, world_size=4, grad_accum_steps=2)[0] == pytest.approx(0.4)
-    assert resolve_lr(None, 512, base_lr=0.2, base_batch_size=128)[0] == pytest.approx(0.8)
+    assert resolve_lr(None, 512, lr_base=0.2, lr_base_size=128)[0] == pytest.approx(0.8)  # the YAML's names
+    assert resolve_lr(None, 512, 1, 1, 0.2, 128)[0] == pytest.approx(0.8)  # the positional order kept
     assert resolve_lr(None, 256, world_size=4) == (pytest.approx(0.4),
                                                    'lr 0.4 = 0.1 x 1024/256 (linear scaling, section 3.1)')
     assert resolve_lr(0.05, 1024) == (0.05, 'lr 0.05 (explicit)')

@@ -79,7 +79,7 @@ def test_resume_from_state_dict(sched_name):
     torch.save(sched_a.state_dict(), buf)
     buf.seek(0)
     opt_b = _optimizer(lr=1.0)
-    sched_b = create_paper_scheduler(opt_b, sched_name, 7, 1)
+    sched_b = create_paper_scheduler(opt_b, sched_name, 7, 1, decay_milestones=(2, 4))
     sched_b.load_state_dict(torch.load(buf, weights_only=True))
     for step in range(stop, epochs * per_epoch + 1):
         sched_a.step_update(num_updates=step)
@@ -89,12 +89,37 @@ def test_resume_from_state_dict(sched_name):
     assert opt_b.param_groups[0]['lr'] == opt_a.param_groups[0]['lr']
 
 
+@pytest.mark.parametrize('sched_name, milestones', [('cosine', ()), ('step', (2, 4))])
+def test_torch_lr_scheduler_protocol(sched_name, milestones):
+    """as_lr_scheduler(): torch's LambdaLR, step() after every optimizer step, gives the same lrs as step_update;
+    step() on the timm scheduler itself says how to use it instead of timm's missing-epoch TypeError."""
+    epochs, per_epoch, warmup = 6, 3, 1
+    opt = _optimizer()
+    sched = create_paper_scheduler(opt, sched_name, epochs, per_epoch, warmup, decay_milestones=milestones)
+    with pytest.raises(TypeError, match=r'sets the lr per update: call step_update\(num_updates=.*as_lr_scheduler'):
+        sched.step()
+    torch_sched = sched.as_lr_scheduler()
+    assert isinstance(torch_sched, torch.optim.lr_scheduler.LRScheduler)
+    lrs = []
+    for _ in range(epochs * per_epoch):
+        assert opt.param_groups[0]['lr'] == opt.param_groups[1]['lr']
+        lrs.append(opt.param_groups[0]['lr'])
+        opt.step()
+        torch_sched.step()
+    expected = _expected(warmup * per_epoch, epochs * per_epoch, per_epoch, milestones or None)
+    torch.testing.assert_close(torch.tensor(lrs, dtype=torch.float64), expected, rtol=1e-9, atol=1e-12)
+
+
 def test_invalid_arguments_and_why_timm_is_subclassed():
     opt = _optimizer()
     with pytest.raises(ValueError):
         create_paper_scheduler(opt, 'poly', 10, 10)
     with pytest.raises(ValueError):
         create_paper_scheduler(opt, 'cosine', 2, 10, warmup_epochs=2)
+    for milestones in ([10], [1, 2], [0]):  # issue 23 bug 2: at or past the last epoch (or 0) it never decays
+        with pytest.raises(ValueError, match=r'decay_milestones .* must be epochs in 1\.\.1'):
+            create_paper_scheduler(opt, 'step', 2, 10, decay_milestones=milestones)
+    create_paper_scheduler(opt, 'cosine', 2, 10, decay_milestones=[10])  # milestones only matter to 'step'
     # timm's own warmup gives the first batch lr 0; the paper gives it eta / m
     CosineLRScheduler(opt, t_initial=10, warmup_t=4, warmup_lr_init=0.0, warmup_prefix=True, t_in_epochs=False)
     assert opt.param_groups[0]['lr'] == 0.0

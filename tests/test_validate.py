@@ -53,6 +53,11 @@ def _write_checkpoint(path: Path) -> None:
                      'best': {'top1': 10.0, 'epoch': 0}, 'history': [], 'version': 1}, path)
     timm.models.save_for_hf(model, path.parent / 'export', model_config={'label_names': LABELS},
                             data_config=DATA_CONFIG, safe_serialization=True)
+    # Issue 23 bug 4: saved from one's own loop, no num_classes: the head tells it (10), or nothing does (no head)
+    save_checkpoint({'state_dict': model.state_dict(), 'arch': 'resnet18d_tiny_bot'}, path.parent / 'own.pth')
+    shutil.copyfile(path, path.parent / 'model_best.pth.tar')  # the run folder's best, as train.py leaves it
+    model.reset_classifier(0)
+    save_checkpoint({'state_dict': model.state_dict(), 'arch': 'resnet18d_tiny_bot'}, path.parent / 'headless.pth')
 
 
 def _reference(ckpt: Path, use_ema: bool, data: Path) -> dict:
@@ -81,6 +86,9 @@ def runs(tmp_path_factory) -> tuple[Path, dict[str, Run]]:
         'ckpt': ['--checkpoint', ckpt, '--data_dir', small, '--batch_size', 8, '--log_interval', 1],
         'ema': ['--checkpoint', ckpt, '--use-ema', '--data-dir', small],
         'export': ['--checkpoint', tmp / 'run' / 'export', '--data-dir', small],
+        'own': ['--checkpoint', tmp / 'run' / 'own.pth', '--data-dir', small],
+        'run_dir': ['--checkpoint', tmp / 'run', '--data-dir', small / 'val', '--img-size', 36, '--crop-pct', 0.9],
+        'model_default': ['--model', 'resnet18d_tiny_bot', '--data-dir', small],  # run in tmp: output/validate/
         'results_dir': ['--checkpoint', none, '--data-dir', none, '--results-file', tmp / 'missing' / 'r.json'],
     }
     cases = {  # --results-file NAME.json
@@ -90,6 +98,7 @@ def runs(tmp_path_factory) -> tuple[Path, dict[str, Run]]:
         'unknown_model': ['--model', 'resnet18dd', '--data-dir', none],
         'batch0': ['--checkpoint', none, '--data-dir', none, '--batch-size', 0],
         'yaml': ['--checkpoint', tmp / 'hparams.yaml', '--data-dir', none],
+        'headless': ['--checkpoint', tmp / 'run' / 'headless.pth', '--data-dir', small],
         'cuda': ['--checkpoint', none, '--data-dir', none, '--device', 'cuda'],
         'gpu': ['--checkpoint', none, '--data-dir', none, '--device', 'gpu'],
     }
@@ -98,8 +107,9 @@ def runs(tmp_path_factory) -> tuple[Path, dict[str, Run]]:
     procs = {}
     for name, argv in cases.items():  # stdout/stderr to files: not a tty, and no pipe to fill up
         with open(tmp / f'{name}.out', 'w') as out, open(tmp / f'{name}.err', 'w') as err:
-            procs[name] = subprocess.Popen([sys.executable, 'validate.py', '--workers', '0', *map(str, argv)],
-                                           cwd=REPO, env=env, stdout=out, stderr=err)
+            procs[name] = subprocess.Popen([sys.executable, REPO / 'validate.py', '--workers', '0', *map(str, argv)],
+                                           cwd=tmp if name == 'model_default' else REPO, env=env, stdout=out,
+                                           stderr=err)
     return tmp, {name: Run(p.wait(timeout=600), (tmp / f'{name}.out').read_text(), (tmp / f'{name}.err').read_text())
                  for name, p in procs.items()}
 
@@ -108,8 +118,9 @@ def test_metrics_of_the_checkpoint_and_named_results(runs):
     tmp, res = runs
     ckpt = tmp / 'run' / 'last.pth.tar'
     results = {}
-    for name, file, use_ema in (('ckpt', 'validate-last-val.json', False), ('ema', 'validate-last-ema-val.json', True),
-                                ('export', 'validate-export-val.json', False)):
+    for name, file, use_ema in (('ckpt', 'validate-last-small-val.json', False),
+                                ('ema', 'validate-last-ema-small-val.json', True),
+                                ('export', 'validate-export-small-val.json', False)):
         assert res[name].rc == 0, res[name].err
         results[name] = json.loads((tmp / 'run' / file).read_text())
         assert results[name]['use_ema'] is use_ema and results[name]['count'] == 30
@@ -121,6 +132,29 @@ def test_metrics_of_the_checkpoint_and_named_results(runs):
     assert results['ema']['loss'] != results['ckpt']['loss']  # the EMA weights were evaluated, not the others
     torch.testing.assert_close(results['export']['loss'], results['ckpt']['loss'], rtol=1e-5, atol=0)
     assert (results['ckpt']['img_size'], results['ckpt']['crop_pct']) == (32, 1.0)
+
+
+def test_checkpoint_from_ones_own_loop(runs):
+    """Issue 23 bug 4: {'state_dict', 'arch'} alone: the class count is the classifier's, the eval preprocessing the
+    model's default (no data_config saved)."""
+    tmp, res = runs
+    assert res['own'].rc == 0, res['own'].err
+    result = json.loads((tmp / 'run' / 'validate-own-small-val.json').read_text())
+    assert result['count'] == 30 and result['model'] == 'resnet18d_tiny_bot' and result['img_size'] == 32
+
+
+def test_run_folder_and_results_named_after_data_and_sizes(runs):
+    """Issue 23: a run folder means its model_best.pth.tar (logged); the results file names the data source and the
+    overridden sizes, so runs do not overwrite each other; --model results go to output/validate/, not the cwd."""
+    tmp, res = runs
+    assert res['run_dir'].rc == 0 and res['model_default'].rc == 0, res['run_dir'].err + res['model_default'].err
+    assert f"{tmp / 'run'} is a run folder: using its model_best.pth.tar" in res['run_dir'].err
+    result = json.loads((tmp / 'run' / 'validate-model_best-val-val-36px-crop0.9.json').read_text())
+    assert (result['img_size'], result['crop_pct'], result['count']) == (36, 0.9, 30)
+    assert result['checkpoint'] == str(tmp / 'run' / 'model_best.pth.tar')
+    assert json.loads((tmp / 'output' / 'validate' / 'validate-resnet18d_tiny_bot-small-val.json').read_text())[
+        'model'] == 'resnet18d_tiny_bot'
+    assert not list(tmp.glob('validate-*.json')) and not list(REPO.glob('validate-*.json'))
 
 
 def test_device_and_progress_lines_without_tty(runs):
@@ -146,6 +180,7 @@ def test_random_weights_warned(runs):
     ('yaml', ['hparams.yaml', 'not a checkpoint']),
     ('cuda', ["'cuda'", '0 CUDA device']),
     ('gpu', ["'gpu'", 'cuda:N']),
+    ('headless', ['headless.pth', "no 'num_classes'", 'fc.weight']),
 ])
 def test_bad_input_one_line_before_any_work(runs, case, words):
     run = runs[1][case]

@@ -4,19 +4,23 @@ from __future__ import annotations
 import contextlib
 import difflib
 import json
+import logging
 import os
 import pickle
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import timm
 import torch
 import torch.nn as nn
-from timm.models import clean_state_dict
+from timm.models import clean_state_dict, get_pretrained_cfg_value
 
 __all__ = ['UnsafeCheckpointError', 'save_checkpoint', 'load_checkpoint', 'create_model_from_checkpoint', 'fsync_path',
-           'resolve_architecture', 'create_pretrained_model']
+           'resolve_architecture', 'create_pretrained_model', 'resolve_checkpoint',
+           'check_hub_files']
+_logger = logging.getLogger(__name__)
 DATA_KEYS = ('input_size', 'interpolation', 'mean', 'std', 'crop_pct', 'crop_mode')  # a checkpoint's data_config
 
 
@@ -93,26 +97,79 @@ def resolve_architecture(model_name: str) -> tuple[str, dict[str, Any], str | No
     else:
         from huggingface_hub import hf_hub_download
         repo_id, _, revision = model_name[len('hf-hub:'):].partition('@')
+        check_hub_files(repo_id, revision or None, ('config.json',), f'model {model_name}', 'model')
         config_file = Path(hf_hub_download(repo_id, 'config.json', revision=revision or None))
     config = json.loads(config_file.read_text())
     model_args = {k: v for k, v in (config.get('model_args') or {}).items() if k != 'num_classes'}  # a new head
     return config['architecture'], model_args, model_name
 
 
-def create_pretrained_model(name: str, **kwargs: Any) -> nn.Module:
-    """``timm.create_model(name, pretrained=True)``; missing weights: one line naming where, and the offline fixes."""
+def check_hub_files(repo_id: str, revision: str | None, filenames: Sequence[str], what: str, key: str) -> None:
+    """One line at once when none of ``filenames`` of Hub repo ``repo_id`` is cached and the Hub cannot be reached
+    (huggingface_hub would retry each file for ~25 s first); ``key``: the hparam whose fix to name."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+    from huggingface_hub.errors import HfHubHTTPError
+    if any(isinstance(try_to_load_from_cache(repo_id, f, revision=revision), str) for f in filenames):
+        return
+    try:
+        get_hf_file_metadata(hf_hub_url(repo_id, filenames[0], revision=revision))  # one request, no retries
+    except HfHubHTTPError:
+        return  # the Hub answered: the download itself reports anything else
+    except Exception as e:  # no network, DNS, proxy, HF_HUB_OFFLINE=1
+        raise ValueError(f'{what}: {repo_id} is not in the Hugging Face cache and the Hub cannot be reached '
+                         f'({type(e).__name__}). Offline: download it once where there is network and set '
+                         f'HF_HUB_OFFLINE=1, or use a copy as {key}: local-dir:PATH') from None
+
+
+def create_pretrained_model(name: str, key: str = 'model', **kwargs: Any) -> nn.Module:
+    """``timm.create_model(name, pretrained=True)``; weights that are nowhere, or neither cached nor reachable, fail at
+    once in one line naming where and the fix for hparam ``key`` (``'model'`` or ``'teacher'``)."""
+    if ':' not in name and not timm.is_model_pretrained(name):
+        raise ValueError(f'{key} {name!r} has no pretrained weights anywhere (timm registers none for it): train it '
+                         'from scratch (pretrained: false), or pick a model of timm.list_pretrained()')
+    hub_id = name[len('hf-hub:'):] if name.startswith('hf-hub:') else \
+        None if ':' in name else timm.models.get_pretrained_cfg(name).hf_hub_id
+    if hub_id:
+        repo_id, _, revision = hub_id.partition('@')
+        check_hub_files(repo_id, revision or None, ('model.safetensors', 'pytorch_model.bin'),
+                        f'the pretrained weights of {key} {name}', key)
     try:
         return timm.create_model(name, pretrained=True, **kwargs)
     except (OSError, RuntimeError, ValueError) as e:
-        hub_id = None if ':' in name else getattr(timm.models.get_pretrained_cfg(name), 'hf_hub_id', None)
-        raise ValueError(f'pretrained weights of {name} could not be loaded from {hub_id or name} ({type(e).__name__}: '
-                         f'{str(e).strip()}'.splitlines()[0] + '). Offline: put them in the Hugging Face cache and '
-                         'set HF_HUB_OFFLINE=1, or use a copy as model: local-dir:PATH') from None
+        why = f'{type(e).__name__}: {str(e).strip()}'.splitlines()[0]
+        raise ValueError(f'pretrained weights of {key} {name} could not be loaded from {hub_id or name} ({why}). '
+                         'Offline: put them in the Hugging Face cache and set HF_HUB_OFFLINE=1, or use a copy as '
+                         f'{key}: local-dir:PATH') from None
+
+
+def _classes_from_head(arch: str, state_dict: dict[str, torch.Tensor], path: Path) -> int:
+    """The class count of a checkpoint saved without ``num_classes`` (one's own loop): its classifier's outputs."""
+    classifier = get_pretrained_cfg_value(arch, 'classifier')  # timm's name of the head, e.g. 'fc' or 'head.fc'
+    name = classifier[0] if isinstance(classifier, (tuple, list)) else classifier
+    weight = state_dict.get(f'{name}.weight')
+    if weight is None:
+        raise ValueError(f"{path} has no 'num_classes' and no classifier weights ({name}.weight) to read it from: "
+                         "save the checkpoint with 'num_classes'")
+    return weight.shape[0]
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A train.py run folder means its ``model_best.pth.tar``; a checkpoint file or an export folder is itself."""
+    path = Path(path)
+    if path.is_dir() and not (path / 'config.json').is_file():
+        if not (path / 'model_best.pth.tar').is_file():
+            raise FileNotFoundError(f'{path} is a folder with neither model_best.pth.tar (a train.py run) nor '
+                                    'config.json (an export): give a checkpoint file')
+        return path / 'model_best.pth.tar'
+    return path
 
 
 def create_model_from_checkpoint(path: str | os.PathLike, use_ema: bool = False) -> tuple[nn.Module, dict[str, Any]]:
-    """``(eval model, checkpoint dict)`` of a train.py checkpoint or an export; pretrained_cfg: its preprocessing."""
-    path = Path(path)
+    """``(eval model, checkpoint dict)`` of a train.py checkpoint, run folder (its model_best.pth.tar) or export;
+    pretrained_cfg: its preprocessing."""
+    path, given = resolve_checkpoint(path), Path(path)
+    if path != given:
+        _logger.info(f'{given} is a run folder: using its {path.name}')
     if path.is_dir() and (path / 'config.json').is_file():  # an export, read by timm's own local-dir: loader
         if use_ema:
             raise ValueError(f'{path} is an export folder: it holds one set of weights, drop --use-ema')
@@ -128,9 +185,12 @@ def create_model_from_checkpoint(path: str | os.PathLike, use_ema: bool = False)
     key = 'state_dict_ema' if use_ema else 'state_dict'
     if key not in ckpt:
         raise ValueError(f'{path} has no EMA weights (it was trained without model_ema): drop --use-ema')
+    state_dict = clean_state_dict(ckpt[key])
+    if 'num_classes' not in ckpt:
+        ckpt = dict(ckpt, num_classes=_classes_from_head(ckpt['arch'], state_dict, path))
     model = timm.create_model(ckpt['arch'], **dict(ckpt.get('model_args', {}), num_classes=ckpt['num_classes']))
     try:
-        model.load_state_dict(clean_state_dict(ckpt[key]))
+        model.load_state_dict(state_dict)
     except RuntimeError as e:
         raise ValueError(f'{path}: the weights do not fit {ckpt["arch"]}: {str(e).splitlines()[1].strip()}') from None
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in ckpt.get('data_config', {}).items()}

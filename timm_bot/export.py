@@ -20,7 +20,13 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from timm.models import model_entrypoint, save_for_hf
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from .checkpoint import create_model_from_checkpoint, fsync_path, load_checkpoint, resolve_architecture
+from .checkpoint import (
+    create_model_from_checkpoint,
+    fsync_path,
+    load_checkpoint,
+    resolve_architecture,
+    resolve_checkpoint,
+)
 
 __all__ = ['ExportError', 'HubPushError', 'check_repo_id', 'check_export_destination', 'export_checkpoint',
            'push_export_to_hub', 'timm_architecture', 'main']
@@ -81,8 +87,10 @@ def _public(value: Any, key: str = '') -> Any:
         return value
     if key in ('model', 'teacher') and (value.startswith('local-dir:') or os.sep in value):
         path = Path(value.removeprefix('local-dir:')).expanduser()
-        with contextlib.suppress(OSError, ValueError, KeyError):  # a local model folder or checkpoint: its architecture
-            return resolve_architecture(f'local-dir:{path}')[0] if path.is_dir() else load_checkpoint(path)['arch']
+        with contextlib.suppress(OSError, ValueError, KeyError):  # export, run folder, checkpoint: its architecture
+            is_export = (path / 'config.json').is_file()
+            return resolve_architecture(f'local-dir:{path}')[0] if is_export else \
+                load_checkpoint(resolve_checkpoint(path))['arch']
     if key in ('model', 'teacher', 'data_dir') or os.path.isabs(value) or value.startswith('~'):
         return Path(value.removeprefix('local-dir:').rstrip('/\\')).name or value
     return value
@@ -120,11 +128,13 @@ def _model_card(ckpt: dict[str, Any], checkpoint: Path, model: torch.nn.Module, 
     base_model = (spec.split('@')[0] if kind == 'hf-hub' else Path(spec.rstrip('/\\')).name) or None
     name = push_to_hub.split('/')[-1] if push_to_hub else arch
     card_data = ModelCardData(library_name='timm', license=license, pipeline_tag='image-classification',
-                              datasets=[dataset] if args.get('data_dir') else None, base_model=base_model,
+                              base_model=base_model if kind == 'hf-hub' else None,  # front matter: Hub ids only
+                              # no `datasets:`: data_dir is a local folder or tar, whose name is not a Hub dataset id
                               tags=['image-classification', 'timm', 'timm-bot', 'bag-of-tricks', 'arxiv:1812.01187'],
                               model_name=name, eval_results=eval_results or None)
     return ModelCard.from_template(
-        card_data, template_path=str(TEMPLATE), model_name=name, ckpt=ckpt, architecture=arch, export_args=export_args,
+        card_data, template_path=str(TEMPLATE), model_name=name, fine_tuned_from=base_model, ckpt=ckpt,
+        architecture=arch, export_args=export_args,
         needs_plugin=not _is_timm(arch), dataset=dataset, val_split=split, use_ema=use_ema, done=done, prefix=prefix,
         params=sum(p.numel() for p in model.parameters()), repo_id=push_to_hub, history=history, exported=exported,
         recipe=yaml.safe_dump(args, sort_keys=False).rstrip() if args else '')

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import difflib
 import operator
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,8 +77,10 @@ class TrainHparams:
     smoothing_mode: str = _h('paper', "'paper' (eps/(K-1) per wrong class, 5.2) or 'uniform' (eps/K, timm/torch)",
                              choices=('paper', 'uniform'))
     mixup: float = _h(0.0, 'mixup Beta(alpha, alpha) alpha (section 5.4: 0.2); 0 disables', ge=0)
-    teacher: str | None = _h(None, 'distillation teacher (5.3): timm name, hf-hub:/local-dir:, or a checkpoint')
+    teacher: str | None = _h(None, 'distillation teacher (5.3): timm name, hf-hub:/local-dir:, a checkpoint or a run '
+                                   'folder (its model_best.pth.tar)')
     temperature: float = _h(20.0, 'distillation temperature T (section 5.3)', gt=0)
+    teacher_ema: bool = _h(False, "distill from the EMA weights of a train.py teacher (checkpoint or run folder)")
     amp: bool = _h(False, 'mixed precision (section 3.2)')
     amp_dtype: str = _h('float16', "'float16' (with loss scaling) or 'bfloat16'", choices=('float16', 'bfloat16'))
     channels_last: bool = _h(False, 'channels-last memory format')
@@ -121,11 +124,16 @@ class TrainHparams:
         check('warmup_epochs', self.warmup_epochs < self.epochs,
               f'>= 0 and shorter than epochs={self.epochs} (lower warmup_epochs or raise epochs)')
         check('decay_milestones', self.decay_milestones == sorted(self.decay_milestones), 'increasing epochs')
+        check('decay_milestones', self.sched != 'step' or all(0 < d < self.epochs for d in self.decay_milestones),
+              f'epochs in 1..{self.epochs - 1} (epochs={self.epochs}: a later decay never happens; lower them, or '
+              'raise epochs)')
         check('export_ema', self.model_ema or not self.export_ema, 'false unless model_ema is true')
         check('resume', self.resume != 'auto' or bool(self.experiment),
               "a run folder or checkpoint, or 'auto' with experiment: NAME (the run's folder at every restart)")
+        check('teacher_ema', self.teacher is not None or not self.teacher_ema, 'false unless a teacher is set')
         if self.data_dir != 'digits':
-            check('data_dir', Path(self.data_dir).exists(), "an existing folder or .tar, or 'digits' (embedded)")
+            check('data_dir', Path(self.data_dir).exists(),
+                  "an existing folder or .tar, or 'digits' (embedded); give it with --data_dir PATH")
         return self
 
 
@@ -156,7 +164,7 @@ def _coerce(key: str, value: Any, expected: Any = None) -> Any:
     if typing.get_origin(expected) is list:
         if isinstance(value, (list, tuple)):
             return [_coerce(key, v, args[0]) for v in value]
-        name = f'a list of {args[0].__name__}, e.g. [0.5, 1.0]'
+        name = f'a list of {args[0].__name__}, e.g. {[30, 60] if args[0] is int else [0.5, 1.0]}'
     elif expected is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
         with contextlib.suppress(ValueError):
             return float(value)  # ints, and '1e-3' (PyYAML reads YAML 1.2 floats like that as strings)
@@ -184,9 +192,29 @@ class _Parser(argparse.ArgumentParser):
             raise _unknown_key(message.split(':', 1)[1].split()[0].lstrip('-').split('=')[0].replace('-', '_'), '--')
         raise HparamsError(f'hparams: {message}')
 
+    def parse_known_args(self, args: typing.Sequence[str] | None = None, namespace: Any = None) -> Any:
+        """``--help`` after (or before) ``--hparams FILES`` shows the files' values as the defaults."""
+        args = sys.argv[1:] if args is None else list(args)
+        if {'-h', '--help'} & {str(a) for a in args}:
+            pre = argparse.ArgumentParser(add_help=False)
+            pre.add_argument('--hparams', nargs='+', default=[])
+            for path in pre.parse_known_args([str(a) for a in args])[0].hparams:
+                for key, value in _read_yaml(Path(path)).items():
+                    if key not in _FIELDS:
+                        raise _unknown_key(key)
+                    _set_help(self, key, _coerce(key, value), Path(path).name)
+        return super().parse_known_args(args, namespace)
+
+
+def _set_help(parser: argparse.ArgumentParser, name: str, default: Any, source: str = '') -> None:
+    """The ``--help`` line of key ``name``: its meaning and its default (from file ``source``, if given)."""
+    action = next(a for a in parser._actions if a.dest == name)
+    action.help = f'{_FIELDS[name].metadata["help"]} (default: {default}{f" from {source}" if source else ""})'
+
 
 def build_parser(description: str = '') -> argparse.ArgumentParser:
-    """``--hparams`` and one ``--key`` (also ``--key-with-dashes``) per :class:`TrainHparams` field."""
+    """``--hparams`` and one ``--key`` (also ``--key-with-dashes``) per :class:`TrainHparams` field;
+    ``--hparams FILES --help`` shows the files' values as the defaults."""
     parser = _Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
                      allow_abbrev=False, usage='train.py [--hparams FILE.yaml ...] [--resume RUN] [--KEY VALUE ...]')
     parser.add_argument('--hparams', nargs='+', metavar='FILE.yaml',
@@ -197,8 +225,8 @@ def build_parser(description: str = '') -> argparse.ArgumentParser:
         flags = [f'--{name}'] + ([f'--{name.replace("_", "-")}'] if '_' in name else [])
         is_bool = _TYPES[name] is bool
         keys.add_argument(*flags, dest=name, metavar='true|false' if is_bool else 'VALUE', default=argparse.SUPPRESS,
-                          type=_yaml_value, nargs='?' if is_bool else None, const=True if is_bool else None,
-                          help=f'{f.metadata["help"]} (default: {default})')
+                          type=_yaml_value, nargs='?' if is_bool else None, const=True if is_bool else None)
+        _set_help(parser, name, default)
     return parser
 
 

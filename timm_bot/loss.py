@@ -16,9 +16,10 @@ class MixedTarget(NamedTuple):
 
 
 class SmoothedCrossEntropy(nn.Module):
-    """Section 5.2 label smoothing (``mode='uniform'``: torch's); a :class:`MixedTarget` gives section 5.4's loss."""
+    """Section 5.2 label smoothing, the paper's epsilon 0.1 by default (0: plain cross entropy); ``mode``: the YAML's
+    ``smoothing_mode``, ``'paper'`` or ``'uniform'`` (torch's); a :class:`MixedTarget` gives section 5.4's loss."""
 
-    def __init__(self, smoothing: float = 0.0, mode: str = 'paper') -> None:
+    def __init__(self, smoothing: float = 0.1, mode: str = 'paper') -> None:
         super().__init__()
         if not 0.0 <= smoothing < 1.0 or mode not in ('paper', 'uniform'):
             raise ValueError(f"smoothing must be in [0, 1), mode 'paper' or 'uniform'; got {smoothing!r}, {mode!r}")
@@ -40,16 +41,20 @@ class SmoothedCrossEntropy(nn.Module):
 
 
 class BatchMixup:
-    """Section 5.4 mixup: ``lam ~ Beta(alpha, alpha)`` per batch, ``x -> lam x + (1 - lam) x[perm]``."""
+    """Section 5.4 mixup: ``lam ~ Beta(alpha, alpha)`` per batch, ``x -> lam x + (1 - lam) x[perm]`` (paper alpha 0.2);
+    ``alpha=0`` (the YAML's ``mixup: 0``) is off: ``x`` itself and ``MixedTarget(target, target, 1.0)``."""
 
     def __init__(self, alpha: float = 0.2) -> None:
-        if not alpha > 0:  # also rejects NaN
-            raise ValueError(f'mixup alpha must be > 0, got {alpha!r}')
+        if not alpha >= 0:  # also rejects NaN
+            raise ValueError(f'mixup alpha must be >= 0 (0: off), got {alpha!r}')
         concentration = torch.tensor(float(alpha), dtype=torch.float64)
-        self.beta = torch.distributions.Beta(concentration, concentration)
+        self.beta = torch.distributions.Beta(concentration, concentration) if alpha > 0 else None
 
     def __call__(self, x: torch.Tensor, target: torch.Tensor,
                  perm: torch.Tensor | None = None) -> tuple[torch.Tensor, MixedTarget]:
+        """``(mixed x, MixedTarget)`` for a batch ``x`` of class indices ``target``; ``perm``: the pairing (random)."""
+        if self.beta is None:
+            return x, MixedTarget(target, target, 1.0)
         lam = float(self.beta.sample())  # lam and perm from torch's CPU RNG: a checkpointed rng state replays them
         perm = torch.randperm(len(x)) if perm is None else perm
         x_mixed = x.mul(lam).add_(x[perm.to(x.device)], alpha=1.0 - lam)

@@ -20,10 +20,11 @@ def create_paper_optimizer(model: nn.Module, opt: str = 'nag', lr: float = PAPER
 
 
 def resolve_lr(lr: float | None, batch_size: int, world_size: int = 1, grad_accum_steps: int = 1,
-               base_lr: float = PAPER_BASE_LR, base_batch_size: int = PAPER_BASE_BATCH_SIZE) -> tuple[float, str]:
-    """``(lr, log line)``: ``lr`` if given, else section 3.1's ``base_lr x global batch / base_batch_size``."""
+               lr_base: float = PAPER_BASE_LR, lr_base_size: int = PAPER_BASE_BATCH_SIZE) -> tuple[float, str]:
+    """``(lr, log line)``: ``lr`` if given, else section 3.1's ``lr_base x global batch / lr_base_size`` (the YAML's
+    keys); the global batch is ``batch_size x world_size x grad_accum_steps``."""
     if lr is not None:
         return lr, f'lr {lr:g} (explicit)'
     global_batch = batch_size * world_size * grad_accum_steps  # sizes checked >= 1 by TrainHparams
-    scaled = base_lr * global_batch / base_batch_size  # 0.1 x 1024 / 256 = 0.4
-    return scaled, f'lr {scaled:g} = {base_lr:g} x {global_batch}/{base_batch_size} (linear scaling, section 3.1)'
+    scaled = lr_base * global_batch / lr_base_size  # 0.1 x 1024 / 256 = 0.4
+    return scaled, f'lr {scaled:g} = {lr_base:g} x {global_batch}/{lr_base_size} (linear scaling, section 3.1)'
