@@ -61,6 +61,20 @@ def test_same_samples_either_layout_and_exact_resume(hf_root):
     assert resumed[0][0] == full[2][0] and torch.equal(resumed[0][1], full[2][1])  # same images, same augmentation
 
 
+def test_ddp_ranks_read_disjoint_samples_and_every_val_image_once(hf_root):
+    val = create_image_dataset(f'hfds/{hf_root[1]}', 'validation', transform=ToTensor())
+    train = create_image_dataset(f'hfds/{hf_root[1]}', 'train')
+    shards = []
+    for rank in range(2):  # what train.py gives each rank: ResumableSampler over the map-style dataset
+        sampler = ResumableSampler(len(train), batch_size=4, seed=5, rank=rank, world_size=2)
+        shards.append({i for i, _ in sampler})
+        eval_sampler = ResumableSampler(len(val), batch_size=4, rank=rank, world_size=2, shuffle=False, drop_last=False)
+        images = torch.cat([x for x, _, _ in DataLoader(val, batch_size=4, sampler=eval_sampler, num_workers=2,
+                                                           collate_fn=collate_skip_bad)])
+        assert torch.equal(images, torch.stack([val[i][0] for i in range(rank, 30, 2)]))  # 15 each, all 30 once
+    assert len(shards[0]) == len(shards[1]) == 12 and not shards[0] & shards[1]
+
+
 def _jitter(img):
     return ToTensor()(img) + torch.rand(())
 
