@@ -111,6 +111,10 @@ def test_other_columns_names_and_class_map(tmp_path):
                                   class_map=str(tmp_path / 'classes.txt'))
     assert mapped.classes == [f'n{i}' for i in reversed(range(10))]
     assert mapped.targets == [9 - int(n[1:]) for n in names[::-1]]  # each row's name, looked up in the map
+    datasets.Dataset.from_dict({'img': images, 'fine_label': [-1] * 10}, features=datasets.Features(
+        {'img': datasets.Image(), 'fine_label': datasets.ClassLabel(names=names)})).save_to_disk(tmp_path / 'test')
+    with pytest.raises(ValueError, match=r"\('fine_label'\): label -1 is not a class \(0..9\); unlabelled rows"):
+        create_image_dataset(f'hfds/{tmp_path}/test', 'test')  # a Hub test split: no labels to train on
 
 
 def test_bad_image_named_or_skipped(tmp_path):

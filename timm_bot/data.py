@@ -56,21 +56,24 @@ class LabelMap:
 
     def __call__(self, raw: Any, where: str) -> int:
         """The label of ``raw``; a one-line ValueError naming ``where`` when it has none."""
-        named = isinstance(raw, str) or (self.lookup is not None and self.source_names is not None)
-        if named and self.lookup is None:
-            raise ValueError(f'{where}: the label {raw!r} is a class name: give class_map (a .txt of the class names, '
-                             'one per line) to number the classes')
-        if named:
-            name = raw if isinstance(raw, str) else str(self.source_names[raw])
-            if name not in self.lookup:
-                raise ValueError(f'{where}: class {name!r} is not in class_map {self.class_map}')
-            return self.lookup[name]
-        label = int(raw)
-        if label < 0 or (self.classes is not None and label >= len(self.classes)):
-            known = f'0..{len(self.classes) - 1}' if self.classes else '>= 0'
-            raise ValueError(f'{where}: label {label} is not a class ({known}); unlabelled rows (-1, e.g. of a Hub '
-                             'test split) cannot be trained or evaluated on')
-        return label
+        if isinstance(raw, str):
+            if self.lookup is None:
+                raise ValueError(f'{where}: the label {raw!r} is a class name: give class_map (a .txt of the class '
+                                 'names, one per line) to number the classes')
+            name = raw
+        else:
+            label = int(raw)
+            known = self.source_names or self.classes
+            if label < 0 or (known is not None and label >= len(known)):
+                valid = f'0..{len(known) - 1}' if known else '>= 0'
+                raise ValueError(f'{where}: label {label} is not a class ({valid}); unlabelled rows (-1, e.g. of a Hub '
+                                 'test split) cannot be trained or evaluated on')
+            if self.lookup is None or self.source_names is None:
+                return label
+            name = str(self.source_names[label])
+        if name not in self.lookup:
+            raise ValueError(f'{where}: class {name!r} is not in class_map {self.class_map}')
+        return self.lookup[name]
 
     def names(self, labels: Iterable[int]) -> list[str]:
         """The class names: the class map's or source's, else '0'..'N-1' up to the largest of ``labels``."""
