@@ -244,7 +244,13 @@ class WdsImageDataset(IterableDataset):
         shuffle = _import_wds().filters.shuffle
         for lap in itertools.count():
             rng = random.Random(f'{self.seed}/{epoch}/{self.rank}/{role}/{lap}')  # str seeds are hash-independent
-            yield from shuffle(self.shuffle_size, self.shuffle_initial, rng=rng)(self._read(chunks))
+            empty = True
+            for sample in shuffle(self.shuffle_size, self.shuffle_initial, rng=rng)(self._read(chunks)):
+                empty = False
+                yield sample
+            if empty:  # counted samples that are not there: stop rather than loop forever
+                raise BadImageError(f'the shards of wds/{self.root} hold fewer samples than counted (a stale '
+                                    f'_info.json shard_lengths?): {[self.shards[c[0]] for c in chunks][:3]} gave none')
 
     def _sample(self, raw: dict, seed: int | None = None) -> tuple[Any, int] | None:
         where = f"sample {raw['__key__']!r} of {raw['__url__']}"
