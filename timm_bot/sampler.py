@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-__all__ = ['ResumableSampler', 'SeededTransformDataset', 'sample_seed', 'rng_state', 'set_rng_state']
+__all__ = ['ResumableSampler', 'SeededTransformDataset', 'sample_seed', 'seeded_call', 'rng_state', 'set_rng_state']
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -67,15 +67,19 @@ class SeededTransformDataset(Dataset):
         if sample is None or self.transform is None:  # None: a skipped bad image
             return sample
         img, target = sample
-        # the caller's RNG states are restored afterwards: mixup draws in the main process are unaffected
-        torch_state, python_state = torch.get_rng_state(), random.getstate()
-        try:
-            torch.default_generator.manual_seed(seed)  # not torch.manual_seed: it seeds every accelerator (~1 ms)
-            random.seed(seed)
-            return self.transform(img), target
-        finally:
-            torch.set_rng_state(torch_state)
-            random.setstate(python_state)
+        return seeded_call(self.transform, img, seed), target
+
+
+def seeded_call(fn: Callable, arg: Any, seed: int) -> Any:
+    """``fn(arg)`` under torch and python RNGs seeded by ``seed``; the caller's RNG states are restored afterwards."""
+    torch_state, python_state = torch.get_rng_state(), random.getstate()  # mixup draws in the main process
+    try:
+        torch.default_generator.manual_seed(seed)  # not torch.manual_seed: it seeds every accelerator (~1 ms)
+        random.seed(seed)
+        return fn(arg)
+    finally:
+        torch.set_rng_state(torch_state)
+        random.setstate(python_state)
 
 
 def rng_state(device: torch.device | None = None) -> dict[str, Any]:
