@@ -46,6 +46,7 @@ from timm_bot.evaluate import evaluate
 from timm_bot.export import ExportError, HubPushError, check_export_destination, check_repo_id, export_checkpoint
 from timm_bot.graceful_stop import GracefulStop, ignore_stop_signals
 from timm_bot.hparams import TrainHparams, build_parser, check_resume_changes, load_hparams, resume_target
+from timm_bot.loggers import MetricsLogger, check_logger_extras
 from timm_bot.loss import BatchMixup, SmoothedCrossEntropy
 from timm_bot.models import paper_init_
 from timm_bot.optim import create_paper_optimizer, resolve_lr
@@ -53,6 +54,7 @@ from timm_bot.plots import plot_curves, plot_lr
 from timm_bot.sampler import ResumableSampler, SeededTransformDataset, rng_state, set_rng_state
 from timm_bot.scheduler import create_paper_scheduler
 from timm_bot.transforms import create_paper_train_transform
+from timm_bot.wds import WdsImageDataset
 
 _logger = logging.getLogger('train')
 RUN_FILES = ('args.yaml', 'lr.png')  # what a run writes before its first checkpoint
@@ -145,14 +147,20 @@ def setup(argv: list[str] | None) -> Run:
         check_export_destination(Path(hp.export_dir), Path(hp.output), overwrite=True)
     process = ProcessInfo.from_env()
     device = resolve_device(hp.device, process.local_rank, process.world_size)
-    train_set = create_image_dataset(hp.data_dir, hp.train_split, skip_bad_images=hp.skip_bad_images)
-    val_set = create_image_dataset(hp.data_dir, hp.val_split, skip_bad_images=hp.skip_bad_images)
+    check_logger_extras(hp.log_tensorboard, hp.log_wandb)
+    sources = dict(skip_bad_images=hp.skip_bad_images, input_key=hp.input_key, target_key=hp.target_key,
+                   class_map=hp.class_map)
+    train_set = create_image_dataset(hp.data_dir, hp.train_split, **sources)
+    val_set = create_image_dataset(hp.data_dir, hp.val_split, **sources)
     labels = list(train_set.classes)
     check_same_classes(labels, val_set.classes, f'the {hp.val_split} split')
     lr, lr_message = resolve_lr(hp.lr, hp.batch_size, process.world_size, hp.grad_accum_steps, hp.lr_base,
                                 hp.lr_base_size)
     if resume:
         check_resumable(resume, hp, lr, labels, process)
+        if isinstance(train_set, WdsImageDataset) and hp.workers != resume['args']['workers']:
+            _logger.warning(f'workers {resume["args"]["workers"]} -> {hp.workers}: streamed shards are dealt to the '
+                            'workers, so the rest of this epoch is read in another order (not bit-exact)')
     arch = (resume['arch'], resume['model_args'], resume['source']) if resume else resolve_architecture(hp.model)
     timm.utils.random_seed(hp.seed, process.rank)
     model, init_message = create_model(hp, len(labels), resume)
@@ -160,7 +168,7 @@ def setup(argv: list[str] | None) -> Run:
     mean, std = list(hp.mean or data_cfg['mean']), list(hp.std or data_cfg['std'])
     criterion = SmoothedCrossEntropy(hp.smoothing, hp.smoothing_mode)  # section 5.2, mixup-aware (5.4)
     if hp.teacher:  # section 5.3
-        teacher, t_cfg = load_teacher(hp.teacher, num_classes=len(labels), label_names=labels)
+        teacher, t_cfg = load_teacher(hp.teacher, num_classes=len(labels), label_names=labels, use_ema=hp.teacher_ema)
         criterion = DistillationLoss(teacher, criterion, hp.temperature, mean, std, t_cfg['mean'], t_cfg['std'])
     data_config = {'input_size': [3, hp.img_size, hp.img_size], 'crop_pct': hp.crop_pct, 'mean': mean, 'std': std,
                    'interpolation': hp.interpolation, 'crop_mode': 'center'}
@@ -186,7 +194,8 @@ def check_resumable(resume: dict, hp: TrainHparams, lr: float, labels: list[str]
 
 
 def create_loaders(run: Run) -> tuple[DataLoader, DataLoader]:
-    """Paper augmentation (section 2) seeded per sample for exact resume; eval: resize, center crop (data_config)."""
+    """Paper augmentation (section 2) seeded per sample for exact resume; eval: resize, center crop (data_config).
+    Map-style sources go through :class:`ResumableSampler`; streamed WebDataset shards order and seed themselves."""
     hp, process, data_config = run.hp, run.process, run.info.data_config
     transform = create_paper_train_transform(
         hp.img_size, scale=tuple(hp.scale), ratio=tuple(hp.ratio), hflip=hp.hflip, color_jitter=hp.color_jitter,
@@ -198,9 +207,13 @@ def create_loaders(run: Run) -> tuple[DataLoader, DataLoader]:
     common = dict(batch_size=hp.batch_size, num_workers=hp.workers, collate_fn=collate_skip_bad,
                   persistent_workers=hp.workers > 0, pin_memory=pin_memory, worker_init_fn=ignore_stop_signals,
                   generator=torch.Generator().manual_seed(hp.seed))
-    train_sampler = ResumableSampler(len(run.train_set), hp.batch_size, hp.seed, process.rank, process.world_size)
-    val_sampler = ResumableSampler(len(run.val_set), hp.batch_size, hp.seed, process.rank, process.world_size,
-                                   False, False)
+    ranks = dict(rank=process.rank, world_size=process.world_size)
+    if isinstance(run.train_set, WdsImageDataset):
+        run.train_set.transform = transform
+        return (DataLoader(run.train_set.configure(hp.batch_size, hp.seed, training=True, **ranks), **common),
+                DataLoader(run.val_set.configure(hp.batch_size, **ranks), **common))
+    train_sampler = ResumableSampler(len(run.train_set), hp.batch_size, hp.seed, **ranks)
+    val_sampler = ResumableSampler(len(run.val_set), hp.batch_size, hp.seed, shuffle=False, drop_last=False, **ranks)
     return (DataLoader(SeededTransformDataset(run.train_set, transform), sampler=train_sampler, **common),
             DataLoader(run.val_set, sampler=val_sampler, **common))
 
@@ -254,7 +267,7 @@ def read_loss(loss: torch.Tensor, stop: GracefulStop, run: Run) -> tuple[float, 
 
 
 def train_one_epoch(epoch: int, loader: DataLoader, run: Run, training: Training, state: TrainState,
-                    stop: GracefulStop, save: Callable) -> tuple[float, float] | None:
+                    stop: GracefulStop, save: Callable, metrics: MetricsLogger) -> tuple[float, float] | None:
     """One epoch from ``state.batch_in_epoch`` on; ``state`` is current after every batch. Returns (images/s, lr of
     its last batch), or None when a stop signal ended it after an update (``last.pth.tar`` saved there)."""
     hp, device = run.hp, run.device
@@ -262,7 +275,7 @@ def train_one_epoch(epoch: int, loader: DataLoader, run: Run, training: Training
     model.train()
     criterion.train()
     loss_sum, seen, skipped = state.epoch_stats
-    batches = len(loader.sampler) // hp.batch_size + state.batch_in_epoch
+    batches = len(loader) + state.batch_in_epoch
     bar = tqdm(total=batches, initial=state.batch_in_epoch, desc=f'epoch {epoch + 1}/{hp.epochs}', leave=False,
                disable=not sys.stderr.isatty() or not _logger.isEnabledFor(logging.INFO))  # else log lines
     tic, seen_at_start, lr = time.perf_counter(), seen, optimizer.param_groups[0]['lr']
@@ -307,6 +320,8 @@ def train_one_epoch(epoch: int, loader: DataLoader, run: Run, training: Training
                 bar.close()
                 return None
         rate = (seen - seen_at_start) / (time.perf_counter() - tic)
+        if update and hp.log_interval and state.global_step % hp.log_interval == 0:
+            metrics.log(state.global_step, {'train/loss': loss_value, 'train/lr': lr, 'train/images_per_second': rate})
         bar.set_postfix(loss=f'{loss_value:.3f}', img_s=f'{rate:.0f}', refresh=False)
         bar.update()
         if bar.disable and hp.log_interval and (batch_idx + 1) % hp.log_interval == 0:
@@ -401,8 +416,10 @@ def main(argv: list[str] | None = None) -> int:
             per_epoch = training.updates_per_epoch
             plot_lr(training.scheduler.lr_per_batch(hp.epochs * per_epoch), per_epoch, output_dir / 'lr.png',
                     f'{hp.sched} schedule, {run.lr_message}')
-        with GracefulStop() as stop:
-            if not train_epochs(run, training, state, train_loader, val_loader, output_dir, stop):
+        with GracefulStop() as stop, contextlib.closing(MetricsLogger(
+                output_dir, hp.log_tensorboard and process.rank == 0, hp.log_wandb and process.rank == 0,
+                hp.wandb_project, hp.wandb_name, run.info.args, state.global_step if run.resume else None)) as metrics:
+            if not train_epochs(run, training, state, (train_loader, val_loader), output_dir, stop, metrics):
                 return stopped(stop, state, hp, training, resume_command, process.rank)
     except KeyboardInterrupt:  # a second Ctrl-C
         return interrupted(state, hp, training, output_dir, created, resume_command, process.rank)
@@ -418,10 +435,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def train_epochs(run: Run, training: Training, state: TrainState, train_loader: DataLoader, val_loader: DataLoader,
-                 output_dir: Path, stop: GracefulStop) -> bool:
+def train_epochs(run: Run, training: Training, state: TrainState, loaders: tuple[DataLoader, DataLoader],
+                 output_dir: Path, stop: GracefulStop, metrics: MetricsLogger) -> bool:
     """Train from ``state`` to the last epoch, saving every epoch; False when a stop signal ended it (saved)."""
-    hp, rank = run.hp, run.process.rank
+    hp, rank, (train_loader, val_loader) = run.hp, run.process.rank, loaders
+    data_order = train_loader.dataset if isinstance(train_loader.dataset, WdsImageDataset) else train_loader.sampler
 
     def save(*names: str) -> None:
         ckpt = checkpoint_state(run, training, state)  # every rank: it gathers their RNG states
@@ -433,13 +451,14 @@ def train_epochs(run: Run, training: Training, state: TrainState, train_loader: 
     if state.epoch == hp.epochs:
         _logger.info(f'the run already trained its {hp.epochs} epochs: nothing to do (--epochs N extends it)')
     for epoch in range(state.epoch, hp.epochs):
-        train_loader.sampler.set_epoch(epoch, state.batch_in_epoch)
-        trained = train_one_epoch(epoch, train_loader, run, training, state, stop, save)
+        data_order.set_epoch(epoch, state.batch_in_epoch)
+        trained = train_one_epoch(epoch, train_loader, run, training, state, stop, save, metrics)
         if trained is None:
             return False
         images_per_second, lr = trained
         row = evaluate_epoch(epoch, lr, run, training, state, val_loader)
         log_epoch(epoch, row, images_per_second * run.process.world_size, hp)
+        metrics.log(state.global_step, epoch_metrics(row, images_per_second * run.process.world_size))
         save('last.pth.tar', *(['model_best.pth.tar'] if state.best['epoch'] == epoch else []))
         if rank == 0:
             write_summary(state.history, output_dir / 'summary.csv')
@@ -457,6 +476,14 @@ def log_epoch(epoch: int, row: dict[str, float], images_per_second: float, hp: T
                  + f', lr {row["lr"]:.4g}, {images_per_second:.0f} img/s'
                  + (f', {row["skipped"]:.0f} images skipped (unreadable, or alone in a batch)' if row['skipped']
                     else ''))
+
+
+def epoch_metrics(row: dict[str, float], images_per_second: float) -> dict[str, float]:
+    """An epoch's row as TensorBoard / W&B scalars: 'val/top1', 'val_ema/loss', 'epoch/train_loss', ..."""
+    names = {f'{prefix}{k}': f'{group}/{k}' for prefix, group in (('eval_', 'val'), ('eval_ema_', 'val_ema'))
+             for k in ('loss', 'top1', 'top5')}
+    return {'epoch': row['epoch'] + 1, 'epoch/train_loss': row['train_loss'], 'epoch/lr': row['lr'],
+            'epoch/images_per_second': images_per_second, **{names[k]: v for k, v in row.items() if k in names}}
 
 
 def stopped(stop: GracefulStop, state: TrainState, hp: TrainHparams, training: Training, resume_command: str,

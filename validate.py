@@ -34,6 +34,7 @@ from timm_bot.checkpoint import (
 from timm_bot.data import check_same_classes, collate_skip_bad, create_image_dataset
 from timm_bot.distributed import resolve_device
 from timm_bot.evaluate import evaluate
+from timm_bot.wds import WdsImageDataset
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -48,8 +49,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         'or export folder')
     source.add_argument('--model', default='', help='timm model name, hf-hub:ORG/NAME or local-dir:PATH')
     opt('use-ema', action='store_true', help="evaluate the checkpoint's EMA weights")
-    opt('data-dir', required=True, help="'digits', a folder with SPLIT/ or SPLIT.tar, or a .tar of class folders")
+    opt('data-dir', required=True, help="'digits', a folder with SPLIT/ or SPLIT.tar, a .tar of class folders, "
+        'hfds/ID_OR_PATH (a Hugging Face dataset) or wds/SHARDS (WebDataset shards)')
     opt('split', default='val')
+    opt('input-key', help='hfds/, wds/: the image column or member(s) (default: image, or the only Image column)')
+    opt('target-key', help='hfds/, wds/: the label column or .json field (default: label, or the only ClassLabel)')
+    opt('class-map', help='a .txt of class names, line i naming class i (as timm --class-map)')
     opt('batch-size', type=int, default=128)
     opt('workers', type=int, default=2)
     opt('img-size', type=int, default=None, help="override the model's eval input size")
@@ -79,7 +84,8 @@ def check_args(args: argparse.Namespace) -> tuple[torch.device, Path]:
         return device, args.results_file
     ckpt = resolve_checkpoint(args.checkpoint) if args.checkpoint else None
     folder = ckpt.parent if ckpt else Path('output', 'validate')
-    data = 'digits' if args.data_dir == 'digits' else Path(args.data_dir).resolve().name.removesuffix('.tar')
+    data = Path(args.data_dir.partition('/')[2] if args.data_dir.startswith(('hfds/', 'wds/')) else args.data_dir)
+    data = 'digits' if args.data_dir == 'digits' else data.resolve().name.removesuffix('.tar')
     parts = [re.sub(r'(\.pth)?\.(tar|pt|pth|safetensors)$', '', ckpt.name) if ckpt else args.model,
              'ema' if args.use_ema else '', data, args.split, f'{args.img_size}px' if args.img_size else '',
              f'crop{args.crop_pct:g}' if args.crop_pct else '']  # other data or sizes: another file
@@ -95,7 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = str(resolve_checkpoint(args.checkpoint)) if args.checkpoint else None
     logging.info(f'validate.py on {device}: {args.checkpoint or args.model}{" (EMA)" if args.use_ema else ""}, '
                  f'{args.data_dir} [{args.split}]')
-    dataset = create_image_dataset(args.data_dir, args.split, skip_bad_images=args.skip_bad_images)
+    dataset = create_image_dataset(args.data_dir, args.split, skip_bad_images=args.skip_bad_images,
+                                   input_key=args.input_key, target_key=args.target_key, class_map=args.class_map)
+    if isinstance(dataset, WdsImageDataset):  # streamed shards: every sample once, in shard order
+        dataset.configure(args.batch_size)
     if model is None and (args.model.startswith(('hf-hub:', 'local-dir:')) or timm.list_pretrained(args.model)):
         model = create_pretrained_model(args.model)  # one-line ValueError: offline, unknown tag, missing folder, ...
     elif model is None:

@@ -40,9 +40,15 @@ class TrainHparams:
                           choices=('xavier', 'timm'))
     zero_init_last: bool = _h(True, 'zero-gamma: last BN of every residual branch starts at 0 (section 3.1)')
     drop_rate: float = _h(0.0, 'dropout before the classifier', ge=0, lt=1)
-    data_dir: str = _h('digits', "'digits' (embedded), a folder with train/ and val/ (or .tar) splits, or a .tar")
+    data_dir: str = _h('digits', "'digits' (embedded), a folder with train/ and val/ (or .tar) splits, a .tar, "
+                       'hfds/ID_OR_PATH (a Hugging Face dataset) or wds/SHARDS (WebDataset .tar shards)')
     train_split: str = _h('train', 'training split name')
     val_split: str = _h('val', 'validation split name')
+    input_key: str | None = _h(None, "hfds/, wds/: the image column or member(s); null: 'image' or the only Image "
+                               "column, or 'jpg;png;webp'")
+    target_key: str | None = _h(None, "hfds/, wds/: the label column or .json field; null: 'label' or the only "
+                                'ClassLabel column, or the .cls member')
+    class_map: str | None = _h(None, 'a .txt of class names, line i naming class i (as timm --class-map)')
     skip_bad_images: bool = _h(False, 'skip and count unreadable images instead of stopping')
     workers: int = _h(2, 'data loader worker processes', ge=0)
     pin_memory: bool | None = _h(None, 'pin host memory; null: on CUDA (a non_blocking copy from pageable memory '
@@ -99,6 +105,10 @@ class TrainHparams:
     log_interval: int = _h(50, 'a progress line every N batches when stderr is not a terminal', ge=0)
     dist_timeout: float = _h(300.0, 'seconds before a DDP collective waiting for a dead rank fails', gt=0)
     plots: bool = _h(True, 'write lr.png and curves.png')
+    log_tensorboard: bool = _h(False, 'write TensorBoard event files into the run folder (rank 0)')
+    log_wandb: bool = _h(False, 'log to Weights & Biases (rank 0; offline into the run folder when not logged in)')
+    wandb_project: str | None = _h(None, "W&B project; null: W&B's default (WANDB_PROJECT)")
+    wandb_name: str | None = _h(None, 'W&B run name; null: the run folder name')
     export_dir: str | None = _h(None, 'export model_best as a Hub model folder here at the end')
     push_to_hub: str | None = _h(None, 'push the export to this Hub repo (USER/NAME) at the end')
     export_ema: bool = _h(False, 'export the EMA weights (needs model_ema)')
@@ -131,7 +141,7 @@ class TrainHparams:
         check('resume', self.resume != 'auto' or bool(self.experiment),
               "a run folder or checkpoint, or 'auto' with experiment: NAME (the run's folder at every restart)")
         check('teacher_ema', self.teacher is not None or not self.teacher_ema, 'false unless a teacher is set')
-        if self.data_dir != 'digits':
+        if self.data_dir != 'digits' and self.data_dir.partition('/')[0].lower() not in ('hfds', 'wds'):
             check('data_dir', Path(self.data_dir).exists(),
                   "an existing folder or .tar, or 'digits' (embedded); give it with --data_dir PATH")
         return self
@@ -140,7 +150,8 @@ class TrainHparams:
 # Keys a resumed run may change: they do not alter the run's trajectory (epochs rebuilds the schedule).
 RESUME_MUTABLE = {'resume', 'epochs', 'workers', 'pin_memory', 'device', 'log_interval', 'checkpoint_interval', 'plots',
                   'export_dir', 'push_to_hub', 'export_ema', 'dist_timeout', 'data_dir', 'skip_bad_images',
-                  'deterministic', 'torchcompile', 'channels_last', 'amp', 'amp_dtype'}
+                  'deterministic', 'torchcompile', 'channels_last', 'amp', 'amp_dtype', 'input_key', 'target_key',
+                  'class_map', 'log_tensorboard', 'log_wandb', 'wandb_project', 'wandb_name'}
 
 
 def _choice(key: str, value: str, choices: typing.Sequence[str]) -> None:
