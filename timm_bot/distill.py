@@ -35,7 +35,9 @@ def load_teacher(spec: str, num_classes: int, label_names: Sequence[str] | None 
     elif timm.is_model(spec):
         warnings.warn(f'teacher {spec!r} has no pretrained weights: distilling from a random teacher '
                       '(only useful for smoke tests)', stacklevel=2)
-        teacher, info = timm.create_model(spec), {}
+        with torch.random.fork_rng(devices=[]):  # the same random teacher when the run is resumed
+            torch.manual_seed(0)
+            teacher, info = timm.create_model(spec, num_classes=num_classes), {}
     else:
         raise ValueError(f'teacher {spec!r} is neither a checkpoint file, an export folder nor a timm model name '
                          "(for a Hub model use 'hf-hub:ORG/NAME')")
