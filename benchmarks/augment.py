@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from _common import add_timing_args, apply_threads, machine_info, markdown_table, median, spread, write_json
+from _common import REPO, add_timing_args, apply_threads, machine_info, markdown_table, median, spread, write_json
 from PIL import Image
 
 LOADER_VARIANTS = ('decode', 'timm_default', 'paper_per_image', 'paper_loader')
@@ -105,6 +105,8 @@ def cpu_ms_per_call(fn: Callable[[], object], calls: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if str(REPO) not in sys.path:  # this checkout's timm_bot, as pipeline.py does
+        sys.path.insert(0, str(REPO))
     from torch.utils.data import default_collate
 
     import timm_bot  # noqa: F401

@@ -277,6 +277,8 @@ def profile_dataset(data: Path, img_size: int, n: int = 1000) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if str(REPO) not in sys.path:  # this checkout's train.py and timm_bot, also for the bare loops
+        sys.path.insert(0, str(REPO))
     workers = [int(w) for w in args.workers.split(',') if w != '']
     distill_workers = [int(w) for w in args.distill_workers.split(',') if w != '']
     n_train = args.batches * args.batch_size

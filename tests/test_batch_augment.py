@@ -137,6 +137,8 @@ def test_device_path_matches_per_image_path(photos):
     _, batch_augment = create_paper_train_transform(SIZE, device_augment=True)
     out = batch_augment(channels_last, batch.params)
     assert out.is_contiguous(memory_format=torch.channels_last) and torch.equal(out, got)
+    batch_augment.cpu_chunk_bytes = 1  # one image per chunk on a CPU: the same result
+    assert torch.equal(batch_augment(*batch), got)
 
 
 def test_parameter_distributions_match_section_2():
