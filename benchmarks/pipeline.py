@@ -13,14 +13,19 @@ recorded -- by substituting timing wrappers for those two names in the ``train``
 
 *Bare*: in the same process, the same model, batch size and image size, ``x``/``y`` random tensors created once,
 ``cross_entropy -> backward -> SGD(nesterov).step -> zero_grad``, timed over the same number of steps after two
-warm-up steps. ``bare+teacher`` adds the teacher's no-grad forward and a soft-target loss.
+warm-up steps, **with the compute threads the real run used** (train.py sets them: cores - workers on a CPU run;
+read back at its ``set_epoch`` call): ``bare_tN`` runs on N threads. ``bare+teacher_tN`` adds the teacher's no-grad
+forward and a soft-target loss. Every real run starts from the process's thread count (``--threads``; 0: torch's
+default, as a standalone train.py starts), and it is restored afterwards, so no run inherits another's threads.
 
-Two ratios: *wall* = real img/s / bare img/s (distillation: / bare+teacher), what a user sees, but noisy on a
-shared machine; *CPU-cost* = bare CPU-ms per image / real CPU-ms per image (``time.process_time`` of this process),
-much less sensitive to other load, valid where all the work is in this process (workers=0). Runs are interleaved
-(bare, real w=0, real w=1, ..., per repetition); medians over repetitions and the median of per-repetition ratios
-are reported. ``--profile`` also runs train.py (workers=0) under cProfile and prints the top functions, and the
-per-image data costs (decode, augmentation, per-sample RNG seeding) are measured in-process.
+Ratios: *wall* = real img/s / bare img/s at the same threads (distillation: / bare+teacher), what a user sees, but
+noisy on a shared machine; *vs fastest bare* = real img/s / the fastest bare loop at any thread count, which shows
+what train.py's threads-vs-workers choice costs; *CPU-cost* = bare CPU-ms per image / real CPU-ms per image
+(``time.process_time`` of this process), much less sensitive to other load, valid where all the work is in this
+process (workers=0). Runs are interleaved (each real run, then its bare reference unless this repetition already
+measured it); medians over repetitions and the median of per-repetition ratios are reported. ``--profile``
+also runs train.py (workers=0) under cProfile and prints the top functions, and the per-image data costs (decode,
+augmentation, per-sample RNG seeding) are measured in-process.
 """
 from __future__ import annotations
 
@@ -69,6 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--profile', action='store_true', help='also cProfile train.py (workers=0) and print the top')
     p.add_argument('--work-dir', default='', help='where the data subset and runs go (default: a temp dir)')
     add_timing_args(p, 'pipeline.json', 'seconds-long run for tests (tiny batches, 1 rep)')
+    p.set_defaults(threads=0)  # train.py sets its own threads from torch's default: let it, as a user's run does
     args = p.parse_args(argv)
     apply_threads(args.threads)
     if args.smoke:
@@ -82,11 +88,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ---------------------------------------------------------------------------------------------------------------------
 
 def bare_loop(model_name: str, batch_size: int, img_size: int, steps: int, teacher_name: str | None = None,
-              temperature: float = 20.0) -> dict[str, float]:
-    """Forward/backward/SGD on random tensors (plus a no-grad teacher forward when ``teacher_name``).
+              temperature: float = 20.0, threads: int = 0) -> dict[str, float]:
+    """Forward/backward/SGD on random tensors (plus a no-grad teacher forward when ``teacher_name``), on ``threads``
+    torch threads (0: the process's).
 
-    Returns ``{'img_s': wall-clock images/s, 'cpu_ms': process CPU milliseconds per image}``.
+    Returns ``{'img_s': wall-clock images/s, 'cpu_ms': process CPU milliseconds per image, 'threads': threads}``.
     """
+    process_threads = torch.get_num_threads()
+    torch.set_num_threads(threads or process_threads)
+    try:
+        return _bare_loop(model_name, batch_size, img_size, steps, teacher_name, temperature)
+    finally:
+        torch.set_num_threads(process_threads)
+
+
+def _bare_loop(model_name: str, batch_size: int, img_size: int, steps: int, teacher_name: str | None,
+               temperature: float) -> dict[str, float]:
     import timm
 
     import timm_bot  # noqa: F401
@@ -114,7 +131,8 @@ def bare_loop(model_name: str, batch_size: int, img_size: int, steps: int, teach
     for _ in range(steps):
         step()
     n = steps * batch_size
-    return {'img_s': n / (time.perf_counter() - tic), 'cpu_ms': (time.process_time() - cpu) / n * 1e3}
+    return {'img_s': n / (time.perf_counter() - tic), 'cpu_ms': (time.process_time() - cpu) / n * 1e3,
+            'threads': torch.get_num_threads()}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -133,12 +151,12 @@ def train_argv(args: argparse.Namespace, data: Path, out: Path, name: str, worke
 
 
 def real_loop(argv: list[str], n_images: int) -> dict[str, float]:
-    """Run ``train.main(argv)`` in this process; time its last training epoch.
+    """Run ``train.main(argv)`` in this process; time its last training epoch; note the threads train.py set.
 
     train.py's loop is not touched: the epoch starts where it calls ``train_loader.sampler.set_epoch`` (right
     before its own timer starts) and ends where it calls ``evaluate`` (right after its timer stops). Returns
     ``{'img_s': wall-clock images/s, 'cpu_ms': CPU ms per image of this process (data loading included only with
-    workers=0), 'logged_img_s': the img/s train.py itself logged for that epoch}``.
+    workers=0), 'logged_img_s': the img/s train.py itself logged for that epoch, 'threads': its compute threads}``.
     """
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
@@ -149,9 +167,12 @@ def real_loop(argv: list[str], n_images: int) -> dict[str, float]:
 
     marks: list[tuple[float, float]] = []
 
+    threads: list[int] = []
+
     class TimedSampler(ResumableSampler):
         def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
             marks.append((time.perf_counter(), time.process_time()))
+            threads.append(torch.get_num_threads())  # what train.py set for its compute
             super().set_epoch(epoch, start_batch)
 
     ends: list[tuple[float, float]] = []
@@ -170,17 +191,19 @@ def real_loop(argv: list[str], n_images: int) -> dict[str, float]:
     handler = Capture()
     logging.getLogger('train').addHandler(handler)
     train.evaluate, train.ResumableSampler = timed_evaluate, TimedSampler
+    process_threads = torch.get_num_threads()
     try:
         rc = train.main(argv)
     finally:
         train.evaluate, train.ResumableSampler = orig_evaluate, orig_sampler
         logging.getLogger('train').removeHandler(handler)
+        torch.set_num_threads(process_threads)  # train.py's choice must not leak into the next run
     if rc != 0:
         raise RuntimeError(f'train.py exited with {rc} for {argv}')
     epochs = [m for m in (EPOCH_RE.search(line) for line in lines) if m]
     (t0, c0), (t1, c1) = marks[-1], ends[-1]
     return {'img_s': n_images / (t1 - t0), 'cpu_ms': (c1 - c0) / n_images * 1e3,
-            'logged_img_s': float(epochs[-1].group(3)) if epochs else float('nan')}
+            'logged_img_s': float(epochs[-1].group(3)) if epochs else float('nan'), 'threads': threads[-1]}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -254,6 +277,8 @@ def profile_dataset(data: Path, img_size: int, n: int = 1000) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if str(REPO) not in sys.path:  # this checkout's train.py and timm_bot, also for the bare loops
+        sys.path.insert(0, str(REPO))
     workers = [int(w) for w in args.workers.split(',') if w != '']
     distill_workers = [int(w) for w in args.distill_workers.split(',') if w != '']
     n_train = args.batches * args.batch_size
@@ -265,56 +290,68 @@ def main(argv: list[str] | None = None) -> int:
           f'{args.reps} reps; {info["cpu"]}, {info["cores"]} cores, torch {info["torch"]}, timm {info["timm"]}',
           flush=True)
 
-    samples: dict[str, list[dict[str, float]]] = {'bare': []}
-    samples.update({f'real_w{w}': [] for w in workers})
-    if distill_workers:
-        samples['bare+teacher'] = []
-        samples.update({f'real_distill_w{w}': [] for w in distill_workers})
+    reals = [f'real_w{w}' for w in workers] + [f'real_distill_w{w}' for w in distill_workers]
+    samples: dict[str, list[dict[str, float]]] = {key: [] for key in reals}
+    reference: dict[str, str] = {}  # real run -> its bare loop at the same threads (per repetition: the same)
     n_images = args.batches * args.batch_size
     bare_loop(args.model, args.batch_size, args.img_size, 1)  # warm-up, not timed (imports, allocator, kernels)
+
+    def record(key: str, rep: int, v: dict[str, float]) -> None:
+        samples.setdefault(key, []).append(v)
+        print(f'rep {rep + 1}/{args.reps} {key}: {v["img_s"]:.1f} img/s, {v["cpu_ms"]:.2f} CPU ms/img, '
+              f'{v["threads"]} thread(s)', flush=True)
+
     for rep in range(args.reps):
-        for key in samples:
-            if key == 'bare':
-                v = bare_loop(args.model, args.batch_size, args.img_size, args.batches)
-            elif key == 'bare+teacher':
-                v = bare_loop(args.model, args.batch_size, args.img_size, args.batches, args.teacher)
-            else:
-                w = int(key.rsplit('_w', 1)[1])
-                teacher = args.teacher if 'distill' in key else None
-                v = real_loop(train_argv(args, data, work / 'runs', f'{key}_{rep}', w, teacher), n_images)
-            samples[key].append(v)
-            print(f'rep {rep + 1}/{args.reps} {key}: {v["img_s"]:.1f} img/s, {v["cpu_ms"]:.2f} CPU ms/img',
-                  flush=True)
+        for key in reals:
+            w, distill = int(key.rsplit('_w', 1)[1]), 'distill' in key
+            v = real_loop(train_argv(args, data, work / 'runs', f'{key}_{rep}', w, args.teacher if distill else None),
+                          n_images)
+            record(key, rep, v)
+            bare = f'bare{"+teacher" if distill else ""}_t{v["threads"]}'
+            reference[key] = bare
+            if len(samples.get(bare, [])) <= rep:  # this repetition's bare loop on those threads
+                record(bare, rep, bare_loop(args.model, args.batch_size, args.img_size, args.batches,
+                                            args.teacher if distill else None, threads=v['threads']))
 
     def med(key: str, field: str = 'img_s') -> float:
         return median([v[field] for v in samples[key]])
 
+    fastest = {kind: max((k for k in samples if k.startswith(kind + '_t')), key=med, default=None)
+               for kind in ('bare', 'bare+teacher')}
     rows, results = [], []
     for key, vals in samples.items():
-        ref = 'bare+teacher' if ('distill' in key or key == 'bare+teacher') else 'bare'
+        ref = reference.get(key, key)
         ratio = med(key) / med(ref)
+        best = fastest['bare+teacher' if 'teacher' in ref else 'bare']
         per_rep = [a['img_s'] / b['img_s'] for a, b in zip(vals, samples[ref])]
         # CPU cost ratio: only meaningful where all the work is in this process (bare loops, workers=0).
         in_process = key.startswith('bare') or key.endswith('_w0')
         cpu_ratio = med(ref, 'cpu_ms') / med(key, 'cpu_ms') if in_process else None
         cpu_per_rep = [b['cpu_ms'] / a['cpu_ms'] for a, b in zip(vals, samples[ref])] if in_process else []
-        results.append({'config': key, 'img_s': med(key), 'img_s_all': [v['img_s'] for v in vals],
-                        'cpu_ms_per_img': med(key, 'cpu_ms'), 'reference': ref, 'ratio': ratio,
-                        'ratio_per_rep': per_rep, 'median_ratio_per_rep': median(per_rep),
-                        'cpu_ratio': cpu_ratio, 'cpu_ratio_per_rep': cpu_per_rep, 'runs': vals})
-        rows.append([key, f'{med(key):.1f}', spread([v['img_s'] for v in vals]), ref, f'{ratio:.3f}',
-                     f'{median(per_rep):.3f} ({spread(per_rep)})', f"{med(key, 'cpu_ms'):.2f}",
+        results.append({'config': key, 'threads': vals[0]['threads'], 'img_s': med(key),
+                        'img_s_all': [v['img_s'] for v in vals], 'cpu_ms_per_img': med(key, 'cpu_ms'),
+                        'reference': ref, 'ratio': ratio, 'ratio_per_rep': per_rep,
+                        'median_ratio_per_rep': median(per_rep), 'fastest_bare': best,
+                        'ratio_vs_fastest_bare': med(key) / med(best), 'cpu_ratio': cpu_ratio,
+                        'cpu_ratio_per_rep': cpu_per_rep, 'runs': vals})
+        rows.append([key, vals[0]['threads'], f'{med(key):.1f}', spread([v['img_s'] for v in vals]), ref,
+                     f'{ratio:.3f}', f'{median(per_rep):.3f} ({spread(per_rep)})', f'{med(key) / med(best):.3f}',
+                     f"{med(key, 'cpu_ms'):.2f}",
                      f'{cpu_ratio:.3f} ({spread(cpu_per_rep)})' if cpu_ratio else 'n/a (workers)'])
-    table = markdown_table(['config', 'img/s (median)', 'img/s range', 'relative to', 'wall ratio (of medians)',
-                            'wall ratio per rep: median (range)', 'CPU ms/img', 'CPU-cost ratio (range)'], rows)
+    table = markdown_table(['config', 'threads', 'img/s (median)', 'img/s range', 'relative to',
+                            'wall ratio (of medians)', 'wall ratio per rep: median (range)', 'vs fastest bare',
+                            'CPU ms/img', 'CPU-cost ratio (range)'], rows)
     teacher_cost = None
     if distill_workers:
-        teacher_cost = med('bare+teacher', 'cpu_ms') / med('bare', 'cpu_ms') - 1
-        table += (f'\n\nteacher ({args.teacher}) forward + soft loss adds {100 * teacher_cost:.0f}% to the bare '
-                  f'step\'s CPU time ({med("bare", "cpu_ms"):.2f} -> {med("bare+teacher", "cpu_ms"):.2f} CPU ms/img; '
-                  f'wall: bare {med("bare"):.1f}, bare+teacher {med("bare+teacher"):.1f} img/s).')
+        teacher = reference[f'real_distill_w{distill_workers[0]}']
+        bare = teacher.replace('+teacher', '')
+        teacher_cost = med(teacher, 'cpu_ms') / med(bare, 'cpu_ms') - 1 if bare in samples else None
+        if teacher_cost is not None:
+            table += (f'\n\nteacher ({args.teacher}) forward + soft loss adds {100 * teacher_cost:.0f}% to the '
+                      f'bare step\'s CPU time ({med(bare, "cpu_ms"):.2f} -> {med(teacher, "cpu_ms"):.2f} CPU ms/img; '
+                      f'wall: {bare} {med(bare):.1f}, {teacher} {med(teacher):.1f} img/s).')
     costs = data_costs(data, args.img_size, 60 if args.smoke else 300)
-    compute_ms = med('bare', 'cpu_ms')
+    compute_ms = med(fastest['bare'], 'cpu_ms') if fastest['bare'] else float('nan')
     table += ('\n\nper-image data cost in one process (ms): ' + ', '.join(f'{k} {v:.3f}' for k, v in costs.items())
               + f'; bare loop {compute_ms:.3f} CPU ms/image.')
     print(table, flush=True)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCH = Path(__file__).resolve().parents[1] / 'benchmarks'
 
@@ -19,7 +20,7 @@ def bench():
     """Import the benchmark scripts (they import their helpers from their own folder)."""
     sys.path.insert(0, str(BENCH))
     import importlib
-    mods = {n: importlib.import_module(n) for n in ('models', 'pipeline', 'ablation', '_common')}
+    mods = {n: importlib.import_module(n) for n in ('models', 'pipeline', 'ablation', 'augment', '_common')}
     yield mods
     sys.path.remove(str(BENCH))
 
@@ -49,21 +50,40 @@ def test_models_smoke(bench, tmp_path):
     assert pair['same_params'] and pair['same_macs'] and _positive(pair['train_ratio'])
 
 
+def test_augment_smoke(bench, tmp_path):
+    """224 px data cost on 4 of scikit-learn's photographs (re-encoded 500x375 JPEGs): every stage measured."""
+    pytest.importorskip('sklearn.datasets', reason='the photographs come with scikit-learn (the test extra)')
+    out = tmp_path / 'augment.json'
+    assert bench['augment'].main(['--smoke', '--threads', '0', '--out', str(out)]) == 0
+    res = json.loads(out.read_text())
+    _machine_ok(res['machine'])
+    assert res['n_images'] == 4 and res['image_sizes'] == [[500, 375]]
+    costs = res['cpu_ms_per_image']
+    assert set(costs) == {'decode', 'timm_default', 'paper_per_image', 'paper_loader', 'collate_float32',
+                          'collate_uint8', 'device_side'} and all(_positive(v) for v in costs.values())
+    assert _positive(res['loader_vs_timm']) and all(_positive(v) for v in res['end_to_end_cpu_ms_per_image'].values())
+    assert '| paper_loader |' in res['table']
+
+
 @pytest.mark.slow
 def test_pipeline_smoke(bench, shared_data, tmp_path):
     out = tmp_path / 'pipeline.json'
     argv = ['--smoke', '--threads', '0', '--data-dir', str(shared_data / 'cifar10-mini'),
             '--work-dir', str(tmp_path / 'work'), '--out', str(out)]
+    threads_before = torch.get_num_threads()
     assert bench['pipeline'].main(argv) == 0
+    assert torch.get_num_threads() == threads_before  # train.py's thread choice is undone after each run
     res = json.loads(out.read_text())
     _machine_ok(res['machine'])
     configs = {r['config']: r for r in res['results']}
-    assert {'bare', 'real_w0', 'bare+teacher', 'real_distill_w0'} <= set(configs)
+    threads = configs['real_w0']['threads']  # the bare loops run on the threads train.py chose
+    assert {f'bare_t{threads}', 'real_w0', f'bare+teacher_t{threads}', 'real_distill_w0'} <= set(configs)
     for r in configs.values():
         assert _positive(r['img_s']) and _positive(r['ratio']) and _positive(r['cpu_ms_per_img'])
-    assert _positive(configs['real_w0']['cpu_ratio'])
-    assert configs['real_distill_w0']['reference'] == 'bare+teacher'
-    assert _positive(res['best_ratio'])
+        assert r['threads'] == threads and _positive(r['ratio_vs_fastest_bare'])
+    assert _positive(configs['real_w0']['cpu_ratio']) and configs['real_w0']['reference'] == f'bare_t{threads}'
+    assert configs['real_distill_w0']['reference'] == f'bare+teacher_t{threads}'
+    assert _positive(res['best_ratio']) and _positive(res['teacher_cost'] + 1)
     assert all(_positive(v) for v in res['data_cost_ms_per_image'].values())
 
 

@@ -1,4 +1,6 @@
 """Section 2 training augmentation (timm_bot.transforms) and evaluation preprocessing (timm's, with the paper cfg)."""
+import dataclasses
+import inspect
 import random
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from timm.data.transforms import MaybeToTensor, RandomResizedCropAndInterpolatio
 from timm.models import get_pretrained_cfg
 from torchvision import transforms
 
+from timm_bot.hparams import TrainHparams
 from timm_bot.models import PAPER_MEAN, PAPER_STD
 from timm_bot.transforms import (
     IMAGENET_PCA_EIGVAL,
@@ -124,12 +127,12 @@ def test_train_pipeline(real_images):
     norm = tf.transforms[-1]
     torch.testing.assert_close(torch.as_tensor(norm.mean) * 255, torch.tensor([123.68, 116.779, 103.939]))
     torch.testing.assert_close(torch.as_tensor(norm.std) * 255, torch.tensor([58.393, 57.12, 57.375]))
-    gluon = create_paper_train_transform(224, hue=0, contrast=0.4)  # the authors' GluonCV recipe
+    gluon = create_paper_train_transform(224, hue_jitter=False, contrast=0.4)  # the authors' GluonCV recipe
     assert tuple(_step(gluon, transforms.ColorJitter).contrast) == (0.6, 1.4)
     assert not any(isinstance(t, RandomHueScale) for t in gluon.transforms)
     # every random step an identity: the output is the paper's normalization of the image
     img = real_images[0]
-    ident = create_paper_train_transform(32, scale=(1, 1), ratio=(1, 1), hflip=0, color_jitter=0, hue=0,
+    ident = create_paper_train_transform(32, scale=(1, 1), ratio=(1, 1), hflip=0, color_jitter=0, hue_jitter=False,
                                          pca_lighting=0)
     torch.testing.assert_close(ident(img), TF.normalize(TF.to_tensor(img), PAPER_MEAN, PAPER_STD))
     out = create_paper_train_transform(32)(img)
@@ -144,3 +147,14 @@ def test_eval_transform_resize_256_center_crop_224():
     resized = TF.resize(img, 256, interpolation=transforms.InterpolationMode.BILINEAR)
     assert resized.size == (341, 256)
     torch.testing.assert_close(tf(img), TF.normalize(TF.to_tensor(TF.center_crop(resized, 224)), PAPER_MEAN, PAPER_STD))
+
+
+def test_keywords_are_train_hparams_names():
+    """One's own loop passes the YAML's keys: every keyword but contrast (GluonCV's) is a TrainHparams field."""
+    fields = {f.name for f in dataclasses.fields(TrainHparams)}
+    keywords = set(inspect.signature(create_paper_train_transform).parameters)
+    assert keywords - fields == {'contrast', 'device_augment', 'hue'}  # hue: deprecated alias
+    hp = TrainHparams(img_size=32, hue_jitter=False)
+    tf = create_paper_train_transform(**{k: getattr(hp, k) for k in keywords & fields if k not in ('mean', 'std')})
+    assert not any(isinstance(t, RandomHueScale) for t in tf.transforms)
+    assert tuple(_step(tf, transforms.ColorJitter).saturation) == (0.6, 1.4)
