@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 import timm_bot
 from timm_bot.amp import create_amp
+from timm_bot.batch_augment import BatchNormalize, BatchPaperAugment, ImageWithParams
 from timm_bot.checkpoint import create_pretrained_model, load_checkpoint, resolve_architecture, save_checkpoint
 from timm_bot.data import BadImageError, check_same_classes, collate_skip_bad, create_image_dataset
 from timm_bot.distill import DistillationLoss, load_teacher
@@ -53,7 +54,7 @@ from timm_bot.optim import create_paper_optimizer, resolve_lr
 from timm_bot.plots import plot_curves, plot_lr
 from timm_bot.sampler import ResumableSampler, SeededTransformDataset, rng_state, set_rng_state
 from timm_bot.scheduler import create_paper_scheduler
-from timm_bot.transforms import create_paper_train_transform
+from timm_bot.transforms import create_paper_eval_transform, create_paper_train_transform
 from timm_bot.wds import WdsImageDataset
 
 _logger = logging.getLogger('train')
@@ -111,6 +112,21 @@ class Training:
 
 
 @dataclasses.dataclass
+class Data:
+    """The loaders, and the device side of the split augmentation (section 2 steps 4-6 and evaluation's
+    normalization run on the batch, on the training device) or None when the loader does it per image."""
+    train: DataLoader
+    val: DataLoader
+    train_augment: BatchPaperAugment | None
+    val_normalize: BatchNormalize | None
+
+    @property
+    def order(self) -> ResumableSampler | WdsImageDataset:
+        """What sets the epoch and the batch to start from: the sampler, or streamed shards themselves."""
+        return self.train.dataset if isinstance(self.train.dataset, WdsImageDataset) else self.train.sampler
+
+
+@dataclasses.dataclass
 class TrainState:
     """Where the run is; saved under these names in every checkpoint, beside the model, optimizer and RNG states."""
     epoch: int = 0
@@ -140,7 +156,7 @@ def setup(argv: list[str] | None) -> Run:
     resume = dict(load_checkpoint(resume_path), path=str(resume_path)) if resume_path else None
     if resume and ('optimizer' not in resume or 'args' not in resume):
         raise ValueError(f'--resume {resume_path}: not a train.py checkpoint (no optimizer state)')
-    hp = load_hparams(args.hparams, overrides, base=resume and resume['args'])
+    hp = load_hparams(args.hparams, overrides, base=resume and {'device_augment': False, **resume['args']})  # < 0.3
     if hp.push_to_hub:
         check_repo_id(hp.push_to_hub)
     if hp.export_dir:  # refused now, not after the whole run
@@ -193,29 +209,34 @@ def check_resumable(resume: dict, hp: TrainHparams, lr: float, labels: list[str]
                          f'{saved} (torchrun --nproc_per_node)')
 
 
-def create_loaders(run: Run) -> tuple[DataLoader, DataLoader]:
+def create_loaders(run: Run) -> Data:
     """Paper augmentation (section 2) seeded per sample for exact resume; eval: resize, center crop (data_config).
-    Map-style sources go through :class:`ResumableSampler`; streamed WebDataset shards order and seed themselves."""
+    Map-style sources go through :class:`ResumableSampler`; streamed WebDataset shards order and seed themselves.
+    ``device_augment``: the loader ships uint8 crops and each sample's parameters, the device does the rest."""
     hp, process, data_config = run.hp, run.process, run.info.data_config
-    transform = create_paper_train_transform(
-        hp.img_size, scale=tuple(hp.scale), ratio=tuple(hp.ratio), hflip=hp.hflip, color_jitter=hp.color_jitter,
-        hue=hp.color_jitter if hp.hue_jitter else 0.0, pca_lighting=hp.pca_lighting, mean=data_config['mean'],
-        std=data_config['std'], interpolation=hp.interpolation)
-    run.val_set.transform = timm.data.create_transform(**data_config, is_training=False)  # what validate.py uses
+    train_tf = create_paper_train_transform(
+        hp.img_size, scale=hp.scale, ratio=hp.ratio, hflip=hp.hflip, color_jitter=hp.color_jitter,
+        hue_jitter=hp.hue_jitter, pca_lighting=hp.pca_lighting, mean=data_config['mean'], std=data_config['std'],
+        interpolation=hp.interpolation, device_augment=hp.device_augment)
+    val_tf = create_paper_eval_transform(**data_config, device_augment=hp.device_augment)  # what validate.py uses
+    (train_tf, augment), (val_tf, normalize) = (train_tf, val_tf) if hp.device_augment else ((train_tf, None),
+                                                                                            (val_tf, None))
+    run.val_set.transform = val_tf
     # A private generator: the loader's base seed must not come from the global RNG that mixup draws from.
     pin_memory = run.device.type == 'cuda' if hp.pin_memory is None else hp.pin_memory
     common = dict(batch_size=hp.batch_size, num_workers=hp.workers, collate_fn=collate_skip_bad,
                   persistent_workers=hp.workers > 0, pin_memory=pin_memory, worker_init_fn=ignore_stop_signals,
                   generator=torch.Generator().manual_seed(hp.seed))
     ranks = dict(rank=process.rank, world_size=process.world_size)
+    device_side = [m.to(run.device) if m is not None else None for m in (augment, normalize)]
     if isinstance(run.train_set, WdsImageDataset):
-        run.train_set.transform = transform
-        return (DataLoader(run.train_set.configure(hp.batch_size, hp.seed, training=True, **ranks), **common),
-                DataLoader(run.val_set.configure(hp.batch_size, **ranks), **common))
+        run.train_set.transform = train_tf
+        return Data(DataLoader(run.train_set.configure(hp.batch_size, hp.seed, training=True, **ranks), **common),
+                    DataLoader(run.val_set.configure(hp.batch_size, **ranks), **common), *device_side)
     train_sampler = ResumableSampler(len(run.train_set), hp.batch_size, hp.seed, **ranks)
     val_sampler = ResumableSampler(len(run.val_set), hp.batch_size, hp.seed, shuffle=False, drop_last=False, **ranks)
-    return (DataLoader(SeededTransformDataset(run.train_set, transform), sampler=train_sampler, **common),
-            DataLoader(run.val_set, sampler=val_sampler, **common))
+    return Data(DataLoader(SeededTransformDataset(run.train_set, train_tf), sampler=train_sampler, **common),
+                DataLoader(run.val_set, sampler=val_sampler, **common), *device_side)
 
 
 def create_training(run: Run, batches: int) -> Training:
@@ -255,6 +276,13 @@ def refinements(hp: TrainHparams, training: Training) -> str:
     return 'refinements: ' + ', '.join(parts)
 
 
+def to_device(images: torch.Tensor | ImageWithParams, augment: Callable | None, device: torch.device) -> torch.Tensor:
+    """A loader batch on the device; split augmentation: uint8 over the bus (4x fewer bytes), steps 4-6 there."""
+    if augment is None:
+        return images.to(device, non_blocking=True)
+    return augment(images.image.to(device, non_blocking=True), images.params)
+
+
 def read_loss(loss: torch.Tensor, stop: GracefulStop, run: Run) -> tuple[float, bool]:
     """``(loss, stop now)`` with one device read per batch; under DDP every rank gets the same verdict, so a
     non-finite loss or a stop signal on one rank stops all ranks at the same batch instead of hanging the others."""
@@ -266,7 +294,7 @@ def read_loss(loss: torch.Tensor, stop: GracefulStop, run: Run) -> tuple[float, 
     return value if math.isfinite(total) else total, stops > 0
 
 
-def train_one_epoch(epoch: int, loader: DataLoader, run: Run, training: Training, state: TrainState,
+def train_one_epoch(epoch: int, data: Data, run: Run, training: Training, state: TrainState,
                     stop: GracefulStop, save: Callable, metrics: MetricsLogger) -> tuple[float, float] | None:
     """One epoch from ``state.batch_in_epoch`` on; ``state`` is current after every batch. Returns (images/s, lr of
     its last batch), or None when a stop signal ended it after an update (``last.pth.tar`` saved there)."""
@@ -275,16 +303,16 @@ def train_one_epoch(epoch: int, loader: DataLoader, run: Run, training: Training
     model.train()
     criterion.train()
     loss_sum, seen, skipped = state.epoch_stats
-    batches = len(loader) + state.batch_in_epoch
+    batches = len(data.train) + state.batch_in_epoch
     bar = tqdm(total=batches, initial=state.batch_in_epoch, desc=f'epoch {epoch + 1}/{hp.epochs}', leave=False,
                disable=not sys.stderr.isatty() or not _logger.isEnabledFor(logging.INFO))  # else log lines
     tic, seen_at_start, lr = time.perf_counter(), seen, optimizer.param_groups[0]['lr']
-    for batch_idx, (images, targets, num_skipped) in enumerate(loader, start=state.batch_in_epoch):
+    for batch_idx, (images, targets, num_skipped) in enumerate(data.train, start=state.batch_in_epoch):
         skipped += num_skipped
         # unreadable images, or a single readable one (BatchNorm needs two): under DDP every rank skips the batch
         if any_rank(images is None, device) if run.process.distributed and hp.skip_bad_images else images is None:
             continue
-        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        images, targets = to_device(images, data.train_augment, device), targets.to(device, non_blocking=True)
         if hp.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         images, target = training.mixup(images, targets) if training.mixup else (images, targets)  # section 5.4
@@ -333,7 +361,7 @@ def train_one_epoch(epoch: int, loader: DataLoader, run: Run, training: Training
 
 
 def evaluate_epoch(epoch: int, lr: float, run: Run, training: Training, state: TrainState,
-                   val_loader: DataLoader) -> dict[str, float]:
+                   data: Data) -> dict[str, float]:
     """Reduce the epoch's statistics over ranks, evaluate the model (and its EMA) and record the epoch."""
     loss_sum, seen, skipped = all_reduce_sum(state.epoch_stats, run.device).tolist()  # on the device, for NCCL
     for model in (training.model, training.model_ema) if run.process.distributed else ():
@@ -342,7 +370,8 @@ def evaluate_epoch(epoch: int, lr: float, run: Run, training: Training, state: T
     row = {'epoch': epoch, 'train_loss': loss_sum / max(seen, 1)}
     for prefix, model in (('eval_', training.model), ('eval_ema_', training.model_ema)):
         if model is not None:
-            metrics = evaluate(model, val_loader, run.device, training.autocast, run.hp.channels_last)
+            metrics = evaluate(model, data.val, run.device, training.autocast, run.hp.channels_last,
+                               normalize=data.val_normalize)
             row.update({prefix + k: metrics[k] for k in ('loss', 'top1', 'top5')})
     row['lr'] = lr  # the lr of the epoch's last batch
     state.history.append(row)
@@ -398,8 +427,8 @@ def main(argv: list[str] | None = None) -> int:
         _logger.info(f'device {run.device} ({run.process.world_size} process(es), {torch.get_num_threads()} threads '
                      f'each); {run.hp.model}: {sum(p.numel() for p in run.model.parameters()) / 1e6:.2f}M params, '
                      f'{run.info.num_classes} classes' + (f'; {run.init_message}' if run.init_message else ''))
-        train_loader, val_loader = create_loaders(run)
-        training = create_training(run, len(train_loader))
+        data = create_loaders(run)
+        training = create_training(run, len(data.train))
     except (ValueError, FileNotFoundError, ImportError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
@@ -419,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         with GracefulStop() as stop, contextlib.closing(MetricsLogger(
                 output_dir, hp.log_tensorboard and process.rank == 0, hp.log_wandb and process.rank == 0,
                 hp.wandb_project, hp.wandb_name, run.info.args, state.global_step if run.resume else None)) as metrics:
-            if not train_epochs(run, training, state, (train_loader, val_loader), output_dir, stop, metrics):
+            if not train_epochs(run, training, state, data, output_dir, stop, metrics):
                 return stopped(stop, state, hp, training, resume_command, process.rank)
     except KeyboardInterrupt:  # a second Ctrl-C
         return interrupted(state, hp, training, output_dir, created, resume_command, process.rank)
@@ -435,11 +464,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def train_epochs(run: Run, training: Training, state: TrainState, loaders: tuple[DataLoader, DataLoader],
-                 output_dir: Path, stop: GracefulStop, metrics: MetricsLogger) -> bool:
+def train_epochs(run: Run, training: Training, state: TrainState, data: Data, output_dir: Path, stop: GracefulStop,
+                 metrics: MetricsLogger) -> bool:
     """Train from ``state`` to the last epoch, saving every epoch; False when a stop signal ended it (saved)."""
-    hp, rank, (train_loader, val_loader) = run.hp, run.process.rank, loaders
-    data_order = train_loader.dataset if isinstance(train_loader.dataset, WdsImageDataset) else train_loader.sampler
+    hp, rank = run.hp, run.process.rank
 
     def save(*names: str) -> None:
         ckpt = checkpoint_state(run, training, state)  # every rank: it gathers their RNG states
@@ -451,12 +479,12 @@ def train_epochs(run: Run, training: Training, state: TrainState, loaders: tuple
     if state.epoch == hp.epochs:
         _logger.info(f'the run already trained its {hp.epochs} epochs: nothing to do (--epochs N extends it)')
     for epoch in range(state.epoch, hp.epochs):
-        data_order.set_epoch(epoch, state.batch_in_epoch)
-        trained = train_one_epoch(epoch, train_loader, run, training, state, stop, save, metrics)
+        data.order.set_epoch(epoch, state.batch_in_epoch)
+        trained = train_one_epoch(epoch, data, run, training, state, stop, save, metrics)
         if trained is None:
             return False
         images_per_second, lr = trained
-        row = evaluate_epoch(epoch, lr, run, training, state, val_loader)
+        row = evaluate_epoch(epoch, lr, run, training, state, data)
         log_epoch(epoch, row, images_per_second * run.process.world_size, hp)
         metrics.log(state.global_step, epoch_metrics(row, images_per_second * run.process.world_size))
         save('last.pth.tar', *(['model_best.pth.tar'] if state.best['epoch'] == epoch else []))

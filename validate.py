@@ -34,6 +34,7 @@ from timm_bot.checkpoint import (
 from timm_bot.data import check_same_classes, collate_skip_bad, create_image_dataset
 from timm_bot.distributed import resolve_device
 from timm_bot.evaluate import evaluate
+from timm_bot.transforms import create_paper_eval_transform
 from timm_bot.wds import WdsImageDataset
 
 
@@ -114,14 +115,15 @@ def main(argv: list[str] | None = None) -> int:
         check_same_classes(ckpt.get('label_names') or range(model.num_classes), dataset.classes,
                            f'the {args.split} split of {args.data_dir}')
     data_config = timm.data.resolve_data_config({'img_size': args.img_size, 'crop_pct': args.crop_pct}, model=model)
-    dataset.transform = timm.data.create_transform(**data_config, is_training=False)
+    dataset.transform, normalize = create_paper_eval_transform(**data_config, device_augment=True)  # uint8 crops
     loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate_skip_bad,
                         pin_memory=device.type == 'cuda')
     logging.info(f'{len(dataset)} images, {dataset.num_classes} classes, eval transform {data_config}')
     tty = sys.stderr.isatty()  # a tqdm bar on a terminal, else a progress line every --log-interval batches
     loader = tqdm(loader, desc='validate', leave=False, dynamic_ncols=True) if tty else loader
     autocast = create_amp(device, args.amp, 'bfloat16')[0]
-    metrics = evaluate(model.to(device), loader, device, autocast, log_interval=0 if tty else args.log_interval)
+    metrics = evaluate(model.to(device), loader, device, autocast, log_interval=0 if tty else args.log_interval,
+                       normalize=normalize.to(device))
     results = {'model': ckpt.get('arch', args.model), 'checkpoint': checkpoint, 'use_ema': args.use_ema,
                'data_dir': str(args.data_dir), 'split': args.split, 'device': str(device), **metrics,
                'img_size': data_config['input_size'][-1], 'crop_pct': data_config['crop_pct']}

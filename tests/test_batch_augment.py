@@ -237,6 +237,5 @@ def test_bad_input_errors():
         BatchNormalize()(torch.rand(1, 3, 4, 4))
     with pytest.raises(ValueError, match='jitter_steps'):
         BatchPaperAugment(['hue'])
-    with pytest.warns(DeprecationWarning, match='hue_jitter'):
-        legacy = create_paper_train_transform(SIZE, hue=0)
-    assert not any(isinstance(t, RandomHueScale) for t in legacy.transforms)
+    no_hue = create_paper_train_transform(SIZE, hue_jitter=False)
+    assert not any(isinstance(t, RandomHueScale) for t in no_hue.transforms)

@@ -15,16 +15,19 @@ __all__ = ['evaluate']
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device, amp_autocast: Callable = nullcontext,
-             channels_last: bool = False, log_interval: int = 0) -> dict[str, float]:
+             channels_last: bool = False, log_interval: int = 0,
+             normalize: Callable | None = None) -> dict[str, float]:
     """``{'loss', 'top1', 'top5', 'count'}`` (in %) over ``collate_skip_bad`` batches, summed on the device and
-    read once (all-reduced over ranks when the process group is up)."""
+    read once (all-reduced over ranks when the process group is up); ``normalize``: the device side of a split eval
+    transform (uint8 batches)."""
     model.eval()
     memory_format = torch.channels_last if channels_last else torch.preserve_format
     sums = torch.zeros(3, dtype=torch.float32 if device.type == 'mps' else torch.float64, device=device)
     count, tic = 0, time.perf_counter()  # sums: loss, top-1 hits, top-5 hits, kept on the device
     for batch_idx, (images, targets, _) in enumerate(loader, 1):
         if images is not None:  # None: every image of the batch was unreadable (skip_bad_images)
-            images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+            images = images.to(device, non_blocking=True)
+            images = (normalize(images) if normalize else images).contiguous(memory_format=memory_format)
             targets = targets.to(device, non_blocking=True)
             with amp_autocast():
                 logits = model(images).float()

@@ -62,6 +62,8 @@ class TrainHparams:
     color_jitter: float = _h(0.4, 'brightness/saturation scaling in [1-x, 1+x] (section 2)', ge=0, lt=1)
     hue_jitter: bool = _h(True, 'also scale the hue by [1-x, 1+x] (section 2)')
     pca_lighting: float = _h(0.1, 'PCA lighting noise std (section 2)', ge=0)
+    device_augment: bool = _h(True, 'section 2 steps 4-6 batched on the training device: loader workers ship uint8 '
+                              'crops (false: all steps per image in the workers)')
     mean: list[float] | None = _h(None, "normalization mean; null = the model's (paper's for *_bot models)", size=3)
     std: list[float] | None = _h(None, "normalization std; null = the model's (paper's for *_bot models)", gt=0,
                                  size=3)

@@ -1,6 +1,5 @@
 """Training augmentation of *Bag of Tricks* (section 2): timm's training transform plus the two steps timm lacks,
 per image (PIL) or split into a loader side and a batched device side (:mod:`timm_bot.batch_augment`)."""
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -106,19 +105,16 @@ def create_paper_train_transform(img_size: int = 224, scale: Sequence[float] = (
                                  color_jitter: float = 0.4, hue_jitter: bool = True, contrast: float = 0.0,
                                  pca_lighting: float = 0.1, mean: Sequence[float] = PAPER_MEAN,
                                  std: Sequence[float] = PAPER_STD, interpolation: str = 'bilinear', *,
-                                 device_augment: bool = False, hue: float | None = None
+                                 device_augment: bool = False
                                  ) -> transforms.Compose | tuple[transforms.Compose, BatchPaperAugment]:
     """Section 2 augmentation, keywords named as the hparams: PIL -> normalized float (3, H, W); ``device_augment``:
     ``(loader_transform, batch_augment)``, PIL -> :class:`ImageWithParams`, then (uint8 batch, params) -> float.
 
     timm's crop 8-100% of aspect 3/4-4/3 (step 2) and flip (3); brightness and saturation x U[1 - color_jitter,
     1 + color_jitter], the hue too with ``hue_jitter`` (4); PCA lighting (5); normalize (6); 0 turns a step off.
-    GluonCV's recipe: ``hue_jitter=False, contrast=0.4``. ``hue`` (deprecated) overrides the hue range.
+    GluonCV's recipe: ``hue_jitter=False, contrast=0.4``.
     """
-    if hue is not None:
-        warnings.warn('create_paper_train_transform(hue=x) is deprecated: use hue_jitter=True (the hue is scaled '
-                      'by U[1 - color_jitter, 1 + color_jitter]) or hue_jitter=False', DeprecationWarning, stacklevel=2)
-    hue_range = (color_jitter if hue_jitter else 0.0) if hue is None else hue
+    hue_range = color_jitter if hue_jitter else 0.0
     jitter_range = (color_jitter, contrast, color_jitter) if (color_jitter or contrast) else None
     primary, secondary, final = create_transform(
         img_size, is_training=True, scale=tuple(scale), ratio=tuple(ratio), hflip=hflip, vflip=0.0,
