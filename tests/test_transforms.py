@@ -153,8 +153,8 @@ def test_keywords_are_train_hparams_names():
     """One's own loop passes the YAML's keys: every keyword but contrast (GluonCV's) is a TrainHparams field."""
     fields = {f.name for f in dataclasses.fields(TrainHparams)}
     keywords = set(inspect.signature(create_paper_train_transform).parameters)
-    assert keywords - fields == {'contrast', 'device_augment', 'hue'}  # hue: deprecated alias
-    hp = TrainHparams(img_size=32, hue_jitter=False)
+    assert keywords - fields == {'contrast'}
+    hp = TrainHparams(img_size=32, hue_jitter=False, device_augment=False)
     tf = create_paper_train_transform(**{k: getattr(hp, k) for k in keywords & fields if k not in ('mean', 'std')})
     assert not any(isinstance(t, RandomHueScale) for t in tf.transforms)
     assert tuple(_step(tf, transforms.ColorJitter).saturation) == (0.6, 1.4)
