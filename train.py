@@ -39,7 +39,13 @@ from tqdm import tqdm
 import timm_bot
 from timm_bot.amp import create_amp
 from timm_bot.batch_augment import BatchNormalize, BatchPaperAugment, ImageWithParams
-from timm_bot.checkpoint import create_pretrained_model, load_checkpoint, resolve_architecture, save_checkpoint
+from timm_bot.checkpoint import (
+    create_pretrained_model,
+    link_checkpoint,
+    load_checkpoint,
+    resolve_architecture,
+    save_checkpoint,
+)
 from timm_bot.data import BadImageError, check_same_classes, collate_skip_bad, create_image_dataset
 from timm_bot.distill import DistillationLoss, load_teacher
 from timm_bot.distributed import ProcessInfo, all_gather, all_reduce_sum, any_rank, init_distributed, resolve_device
@@ -376,8 +382,9 @@ def evaluate_epoch(epoch: int, lr: float, run: Run, training: Training, state: T
     row['lr'] = lr  # the lr of the epoch's last batch
     state.history.append(row)
     state.epoch, state.batch_in_epoch, state.epoch_stats = epoch + 1, 0, [0.0, 0, 0]
-    if row['eval_top1'] > state.best['top1']:
-        state.best = {'top1': row['eval_top1'], 'epoch': epoch}
+    top1 = row['eval_ema_top1' if run.hp.export_ema else 'eval_top1']  # model_best: the weights to be exported
+    if top1 > state.best['top1']:
+        state.best = {'top1': top1, 'epoch': epoch}
     return dict(row, skipped=skipped)
 
 
@@ -395,8 +402,6 @@ def start_processes(run: Run) -> None:
     elif device.type == 'cuda':
         torch.cuda.set_device(device)
     logging.getLogger().setLevel(logging.INFO if process.rank == 0 else logging.WARNING)
-    if device.type == 'cpu' and hp.workers > 0:  # loader workers need cores too
-        torch.set_num_threads(max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - hp.workers)))
     torch.use_deterministic_algorithms(hp.deterministic, warn_only=True)  # torch warns about ops it cannot fix
     torch.backends.cudnn.deterministic = hp.deterministic
     torch.backends.cudnn.benchmark = device.type == 'cuda' and not hp.deterministic
@@ -453,7 +458,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # a second Ctrl-C
         return interrupted(state, hp, training, output_dir, created, resume_command, process.rank)
     if process.rank == 0:
-        _logger.info(f'best top-1 {state.best["top1"]:.2f}% (epoch {state.best["epoch"] + 1}); checkpoints, '
+        _logger.info(f'best top-1 {state.best["top1"]:.2f}%{" (EMA)" if hp.export_ema else ""} (epoch '
+                     f'{state.best["epoch"] + 1}); checkpoints, '
                      f'summary.csv and plots in {output_dir}')
         if hp.export_dir or hp.push_to_hub:
             exported = export_checkpoint(output_dir / 'model_best.pth.tar', hp.export_dir or output_dir / 'hub',
@@ -472,8 +478,9 @@ def train_epochs(run: Run, training: Training, state: TrainState, data: Data, ou
     def save(*names: str) -> None:
         ckpt = checkpoint_state(run, training, state)  # every rank: it gathers their RNG states
         if rank == 0:
-            for name in names:
-                save_checkpoint(ckpt, output_dir / name)
+            save_checkpoint(ckpt, output_dir / names[0])
+            for name in names[1:]:  # model_best: the same file, not written twice
+                link_checkpoint(output_dir / names[0], output_dir / name)
         training.last_checkpoint = f'{output_dir / names[0]}, epoch {state.epoch + 1} batch {state.batch_in_epoch}'
 
     if state.epoch == hp.epochs:

@@ -7,6 +7,7 @@ import dataclasses
 import importlib.metadata
 import json
 import math
+import os
 import shutil
 
 import pytest
@@ -113,11 +114,16 @@ def test_amp_grad_accumulation_tar_and_progress_lines(shared_dir, digits_tar):
 def test_distillation_reports_the_kl_form(shared_dir, baseline_run, tiny_digits):
     """Section 5.3 with the baseline as teacher: the reported loss is base + T^2 KL (not ~T^2 H(teacher) = 900+)."""
     def produce(out):
-        run_script(*train_args(out, 'kd', '--data_dir', tiny_digits, '--teacher', baseline_run / 'last.pth.tar',
-                               '--batch_size', '16', '--plots', 'true'))
+        res = run_script(*train_args(out, 'kd', '--data_dir', tiny_digits, '--teacher', baseline_run, '--batch_size',
+                                     '16', '--plots', 'true', '--export_dir', out / 'export'))
+        (out / 'log.txt').write_text(res.log)
     run_dir = shared_dir('distill', produce) / 'kd'
     rows = check_run(run_dir, epochs=1, plots=True)
     assert 0 < float(rows[0]['train_loss']) < 100
+    log = (run_dir.parent / 'log.txt').read_text()
+    assert f'{baseline_run} is a run folder: using its model_best.pth.tar' in log
+    assert 'refinements: cosine lr, label smoothing 0.1 (paper), no mixup, distillation from ' in log
+    assert f'exported to {run_dir.parent / "export"}' in log and (run_dir.parent / 'export' / 'config.json').exists()
     assert load_checkpoint(run_dir / 'last.pth.tar')['state_dict'].keys() == \
         load_checkpoint(baseline_run / 'last.pth.tar')['state_dict'].keys(), 'teacher weights leaked into the student'
 
@@ -190,6 +196,29 @@ def test_pretrained_offline_names_the_hub_id(capsys, tmp_path, monkeypatch):
     rc, err = run_in_process(capsys, '--hparams', QUICKSTART, '--model', 'resnet50d_bot', '--pretrained', 'true',
                              '--output', tmp_path / 'out')
     assert rc == 2 and 'timm/resnet50d.gluon_in1k' in err and 'HF_HUB_OFFLINE=1' in err and 'local-dir:' in err
+
+
+def test_export_dir_that_is_not_an_export_is_refused_before_training(capsys, tmp_path):
+    """Issue 23 bug 1: a destination holding other files is refused in one line before anything is written."""
+    (tmp_path / 'mine').mkdir()
+    (tmp_path / 'mine' / 'notes.txt').write_text('keep me')
+    rc, err = run_in_process(capsys, *train_args(tmp_path / 'out', 'run', '--export_dir', tmp_path / 'mine')[1:])
+    assert rc == 2 and 'is not empty' in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / 'out').exists() and os.listdir(tmp_path / 'mine') == ['notes.txt']
+
+
+def test_a_gpu_recipe_on_a_slow_cpu_trains_without_amp(monkeypatch, caplog, tmp_path, tiny_digits):
+    """Issue 23: with device auto landing on a CPU whose float16 autocast is measured slower than float32 (18.6x
+    on this machine), AMP is turned off in one line instead of crawling; device: cpu keeps it (a choice)."""
+    import timm_bot.amp
+    monkeypatch.setattr(timm_bot.amp, 'autocast_slowdown', lambda device, dtype: 18.6)
+    monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '')
+    args = train_args(tmp_path, 'run', '--data_dir', tiny_digits, '--batch_size', '50', '--amp', 'true',
+                      '--device', 'auto')[1:]
+    assert train.main([str(a) for a in args]) == 0
+    assert 'float16 autocast measured at 18.6x the time of float32 on this CPU: amp turned off' in caplog.text
+    assert 'no EMA' in caplog.text and ', float32, ' in caplog.text
+    assert 'loss_scaler' not in load_checkpoint(tmp_path / 'run' / 'last.pth.tar')
 
 
 def test_args_yaml_reloads_to_the_same_hparams(baseline_run):

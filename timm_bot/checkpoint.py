@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import pickle
+import shutil
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,9 +18,9 @@ import torch
 import torch.nn as nn
 from timm.models import clean_state_dict, get_pretrained_cfg_value
 
-__all__ = ['UnsafeCheckpointError', 'save_checkpoint', 'load_checkpoint', 'create_model_from_checkpoint', 'fsync_path',
-           'resolve_architecture', 'create_pretrained_model', 'resolve_checkpoint',
-           'check_hub_files']
+__all__ = ['UnsafeCheckpointError', 'save_checkpoint', 'link_checkpoint', 'load_checkpoint',
+           'create_model_from_checkpoint', 'fsync_path', 'resolve_architecture', 'create_pretrained_model',
+           'resolve_checkpoint', 'check_hub_files']
 _logger = logging.getLogger(__name__)
 DATA_KEYS = ('input_size', 'interpolation', 'mean', 'std', 'crop_pct', 'crop_mode')  # a checkpoint's data_config
 
@@ -57,6 +58,23 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
         pid = stale.name[len(path.name) + 2:].split('.')[0]
         if pid.isdigit() and int(pid) != os.getpid() and not Path(f'/proc/{pid}').exists():
             stale.unlink(missing_ok=True)
+
+
+def link_checkpoint(source: str | os.PathLike, path: str | os.PathLike) -> None:
+    """``path`` atomically replaced by a hard link to the saved ``source`` (a copy where links are not supported):
+    the same file under a second name (``model_best.pth.tar``) without serializing it again."""
+    source, path = Path(source), Path(path)
+    tmp = path.parent / f'.{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp'
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_path(path.parent)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -113,7 +113,7 @@ class TrainHparams:
     wandb_name: str | None = _h(None, 'W&B run name; null: the run folder name')
     export_dir: str | None = _h(None, 'export model_best as a Hub model folder here at the end')
     push_to_hub: str | None = _h(None, 'push the export to this Hub repo (USER/NAME) at the end')
-    export_ema: bool = _h(False, 'export the EMA weights (needs model_ema)')
+    export_ema: bool = _h(False, "export the EMA weights (needs model_ema); model_best is then the EMA's best epoch")
 
     def validate(self) -> TrainHparams:
         """Refuse impossible values, naming the key, its value and what is valid."""

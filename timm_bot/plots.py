@@ -4,8 +4,10 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from matplotlib.figure import Figure
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ['plot_lr', 'plot_curves']
 
@@ -18,6 +20,7 @@ def _save(fig: Figure, path: Path) -> None:
 
 def plot_lr(lrs: Sequence[float], updates_per_epoch: int, path: Path, title: str = '') -> None:
     """Learning rate of every iteration, x axis in epochs."""
+    from matplotlib.figure import Figure  # here: matplotlib's import costs half a second of every run's start
     stride = max(1, len(lrs) // 4000)
     fig = Figure(figsize=(6, 3.5))
     ax = fig.subplots()
@@ -29,6 +32,7 @@ def plot_lr(lrs: Sequence[float], updates_per_epoch: int, path: Path, title: str
 
 def plot_curves(history: Sequence[dict], path: Path) -> None:
     """Train/val loss (log scale) and val top-1/top-5 per 1-based epoch, EMA curves if present, best epoch marked."""
+    from matplotlib.figure import Figure
     epochs = [row['epoch'] + 1 for row in history]
     fig = Figure(figsize=(10, 3.5))  # no pyplot: no GUI backend, no global figure state
     ax_loss, ax_acc = fig.subplots(1, 2)
