@@ -225,8 +225,9 @@ def create_loaders(run: Run) -> Data:
         hue_jitter=hp.hue_jitter, pca_lighting=hp.pca_lighting, mean=data_config['mean'], std=data_config['std'],
         interpolation=hp.interpolation, device_augment=hp.device_augment)
     val_tf = create_paper_eval_transform(**data_config, device_augment=hp.device_augment)  # what validate.py uses
-    (train_tf, augment), (val_tf, normalize) = (train_tf, val_tf) if hp.device_augment else ((train_tf, None),
-                                                                                            (val_tf, None))
+    augment = normalize = None
+    if hp.device_augment:  # the loader ships uint8 crops: steps 4-6 and normalization run on the device
+        (train_tf, augment), (val_tf, normalize) = train_tf, val_tf
     run.val_set.transform = val_tf
     # A private generator: the loader's base seed must not come from the global RNG that mixup draws from.
     pin_memory = run.device.type == 'cuda' if hp.pin_memory is None else hp.pin_memory

@@ -20,7 +20,8 @@ def bench():
     """Import the benchmark scripts (they import their helpers from their own folder)."""
     sys.path.insert(0, str(BENCH))
     import importlib
-    mods = {n: importlib.import_module(n) for n in ('models', 'pipeline', 'ablation', 'augment', '_common')}
+    names = ('models', 'pipeline', 'ablation', 'augment', '_common', 'gpu_check')
+    mods = {n: importlib.import_module(n) for n in names}
     yield mods
     sys.path.remove(str(BENCH))
 
@@ -191,3 +192,17 @@ def test_ablation_smoke(bench, shared_data, tmp_path, capsys):
     out = capsys.readouterr().out
     assert 'train.py --resume' in out and '1 to train' in out
     assert 'nothing to do' in (root / 'logs' / 'ladder-baseline-resnet26_tiny_bot-s42.log').read_text()
+
+
+def test_gpu_check_smoke(bench, tmp_path):
+    """The GPU check's every step on the CPU, tiny: AMP fp16 and bf16 with channels-last, EMA and a teacher; a
+    deterministic run SIGKILLed mid-epoch 2 and resumed equals the uninterrupted one bit for bit; validate; export."""
+    pytest.importorskip('sklearn.datasets', reason='the photographs come with scikit-learn (the test extra)')
+    out = tmp_path / 'gpu_check.json'
+    assert bench['gpu_check'].main(['--device', 'cpu', '--smoke', '--work-dir', str(tmp_path), '--out', str(out)]) == 0
+    res = json.loads(out.read_text())
+    steps = {'fp16_compile_ema_teacher', 'bf16', 'deterministic_reference', 'killed_and_resumed', 'validate',
+             'export', 'plain_timm_loads_export'}
+    assert steps <= set(res) and all(res[s]['ok'] for s in steps)
+    assert res['killed_and_resumed']['bitwise_equal'] is True
+    assert _positive(res['speed']['train_py_img_s']) and res['speed']['timm_train_py_img_s'] is None
