@@ -195,14 +195,13 @@ def test_ablation_smoke(bench, shared_data, tmp_path, capsys):
 
 
 def test_gpu_check_smoke(bench, tmp_path):
-    """The GPU check's every step on the CPU, tiny: AMP fp16 and bf16 with channels-last, EMA and a teacher; a
-    deterministic run SIGKILLed mid-epoch 2 and resumed equals the uninterrupted one bit for bit; validate; export."""
+    """The GPU check on the CPU, tiny: a deterministic fp16 AMP run with channels-last, EMA and a teacher, the same
+    run SIGKILLed mid-epoch 2 and resumed equals it bit for bit; validate; an export plain timm loads."""
     pytest.importorskip('sklearn.datasets', reason='the photographs come with scikit-learn (the test extra)')
     out = tmp_path / 'gpu_check.json'
     assert bench['gpu_check'].main(['--device', 'cpu', '--smoke', '--work-dir', str(tmp_path), '--out', str(out)]) == 0
     res = json.loads(out.read_text())
-    steps = {'fp16_compile_ema_teacher', 'bf16', 'deterministic_reference', 'killed_and_resumed', 'validate',
-             'export', 'plain_timm_loads_export'}
+    steps = {'deterministic_reference', 'killed_and_resumed', 'validate', 'export', 'plain_timm_loads_export'}
     assert steps <= set(res) and all(res[s]['ok'] for s in steps)
     assert res['killed_and_resumed']['bitwise_equal'] is True
     assert _positive(res['speed']['train_py_img_s']) and res['speed']['timm_train_py_img_s'] is None
