@@ -3,7 +3,7 @@
 
     python train.py --hparams hparams/quickstart.yaml [--KEY VALUE ...]
     python train.py --resume output/quickstart/digits-resnet18d_tiny        # a run folder or a checkpoint
-    torchrun --nproc_per_node 2 train.py --hparams hparams/cifar10.yaml --data_dir ../shared/data/cifar10
+    torchrun --nproc_per_node 2 train.py --hparams hparams/cifar10.yaml --data_dir /data/cifar10
     torchrun --nproc_per_node 8 --max-restarts 3 train.py --hparams R.yaml --experiment NAME --resume auto
 
 SIGTERM, SIGUSR1 and SIGINT (Ctrl-C) finish the current update, write last.pth.tar there and exit; with
