@@ -3,6 +3,7 @@ the same curves with no step logged twice."""
 import json
 import struct
 import sys
+import tempfile
 import time
 
 import pytest
@@ -75,6 +76,7 @@ def test_wandb_offline_run_resumed_without_duplicate_steps(tmp_path, monkeypatch
     monkeypatch.setenv('WANDB_MODE', 'offline')
     monkeypatch.setenv('WANDB_DIR', str(tmp_path))
     monkeypatch.setenv('WANDB_SILENT', 'true')
+    monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path))  # W&B's media and artifact folders, not /tmp
     _session(tmp_path, range(1, 11), 0, wandb=True, project='timm-bot-test', name='digits')
     state = json.loads((tmp_path / WANDB_STATE).read_text())
     assert state['step'] == 10
@@ -95,6 +97,7 @@ def test_wandb_without_login_logs_offline(tmp_path, monkeypatch):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv('HOME', str(tmp_path))  # no ~/.netrc, no W&B settings: not logged in
     monkeypatch.setenv('WANDB_SILENT', 'true')
+    monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path))  # W&B's media and artifact folders, not /tmp
     _session(tmp_path / 'run', range(1, 5), 0, wandb=True)
     (run_id, history), = _wandb_history(tmp_path / 'run').items()  # written into the run folder
     assert [s for s, _ in history] == [2, 4] and history[1][1]['eval_top1'] == 4

@@ -103,7 +103,8 @@ def test_tensorboard_and_wandb_curves_continue_after_a_resume(tmp_path, hf_datas
     args = train_args(tmp_path, 'logs', '--data_dir', f'hfds/{hf_dataset / "saved"}', '--batch_size', '10',
                       '--log_interval', '2', '--log_tensorboard', 'true', '--log_wandb', 'true', '--resume', 'auto',
                       epochs=2)
-    env = script_env(WANDB_MODE='offline', WANDB_SILENT='true')
+    (tmp_path / 'tmp').mkdir()  # W&B's media and artifact folders, not /tmp
+    env = script_env(WANDB_MODE='offline', WANDB_SILENT='true', TMPDIR=str(tmp_path / 'tmp'))
     stop_and_resume(args, tmp_path / 'log.txt', env, after='epoch 2/2 [2/')
     events = tb.EventAccumulator(str(tmp_path / 'logs'))
     events.Reload()
