@@ -460,8 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         return interrupted(state, hp, training, output_dir, created, resume_command, process.rank)
     if process.rank == 0:
         _logger.info(f'best top-1 {state.best["top1"]:.2f}%{" (EMA)" if hp.export_ema else ""} (epoch '
-                     f'{state.best["epoch"] + 1}); checkpoints, '
-                     f'summary.csv and plots in {output_dir}')
+                     f'{state.best["epoch"] + 1}); checkpoints, summary.csv and plots in {output_dir}')
         if hp.export_dir or hp.push_to_hub:
             exported = export_checkpoint(output_dir / 'model_best.pth.tar', hp.export_dir or output_dir / 'hub',
                                          push_to_hub=hp.push_to_hub, use_ema=hp.export_ema, overwrite=True)
@@ -491,10 +490,11 @@ def train_epochs(run: Run, training: Training, state: TrainState, data: Data, ou
         trained = train_one_epoch(epoch, data, run, training, state, stop, save, metrics)
         if trained is None:
             return False
-        images_per_second, lr = trained
+        rank_images_per_second, lr = trained
+        images_per_second = rank_images_per_second * run.process.world_size
         row = evaluate_epoch(epoch, lr, run, training, state, data)
-        log_epoch(epoch, row, images_per_second * run.process.world_size, hp)
-        metrics.log(state.global_step, epoch_metrics(row, images_per_second * run.process.world_size))
+        log_epoch(epoch, row, images_per_second, hp)
+        metrics.log(state.global_step, epoch_metrics(row, images_per_second))
         save('last.pth.tar', *(['model_best.pth.tar'] if state.best['epoch'] == epoch else []))
         if rank == 0:
             write_summary(state.history, output_dir / 'summary.csv')
